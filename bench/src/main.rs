@@ -1,0 +1,237 @@
+//! `strata-bench`: Strata's benchmarks. Each figure is printed next to a baseline
+//! measured in the same run on the same machine, and the ratio is the result (the
+//! machines are shared, so absolute numbers drift; ratios drift far less).
+//!
+//! - `read`: sequential read of a cached file over gRPC vs reading the same bytes
+//!   from a local file.
+//! - `meta`: getFileStatus and create ops/s with N concurrent clients against one
+//!   master, vs a trivial master RPC (the mount table) with the same clients.
+
+use anyhow::Context;
+use clap::Parser;
+use std::io::Read;
+use std::time::{Duration, Instant};
+use strata_client::{CreateOptions, FileSystem, OpenOptions, WriteType};
+use strata_common::units::ByteSize;
+use strata_tests::{pattern, ClusterOptions, MiniCluster};
+use tokio::io::AsyncReadExt;
+
+/// Strata benchmarks.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Size of the file read sequentially.
+    #[arg(long, default_value = "1GiB")]
+    size: ByteSize,
+    /// Timed repetitions of each read; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Concurrent clients for the metadata benchmark.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Operations per client per metadata benchmark.
+    #[arg(long, default_value_t = 2000)]
+    ops: usize,
+    /// Which benchmarks: read, meta, or all.
+    #[arg(long, default_value = "all")]
+    only: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+async fn bench_read(args: &Args) -> anyhow::Result<()> {
+    let size = args.size.0;
+    let block = 64 << 20;
+    let c = MiniCluster::start(ClusterOptions {
+        block_size: block,
+        mem_quota: size + 2 * block,
+        chunk_size: 1 << 20,
+        ..Default::default()
+    })
+    .await;
+    // Write the file MUST_CACHE, and the same bytes to a local file.
+    let local_dir = tempfile::tempdir()?;
+    let local = local_dir.path().join("baseline.bin");
+    let piece = pattern(16 << 20, 42);
+    let mut w =
+        c.fs.create(
+            "/bench/read.bin",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await?;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&local)?);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(piece.len() as u64) as usize;
+            w.write(&piece[..n]).await?;
+            f.write_all(&piece[..n])?;
+            left -= n as u64;
+        }
+        f.flush()?;
+    }
+    w.close().await?;
+    let info = c.fs.get_status("/bench/read.bin").await?;
+    anyhow::ensure!(
+        info.cached_percent == 100,
+        "file is only {}% cached",
+        info.cached_percent
+    );
+
+    let mut strata = Vec::new();
+    let mut baseline = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..args.rounds {
+        // Baseline: the same bytes from a local file (page cache warm after round 1).
+        let t = Instant::now();
+        let mut f = std::fs::File::open(&local)?;
+        let mut n = 0u64;
+        loop {
+            let k = f.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        anyhow::ensure!(n == size, "local read {n} of {size}");
+        baseline.push(mib_s(n, t.elapsed()));
+
+        let t = Instant::now();
+        let mut r = c.fs.open("/bench/read.bin", OpenOptions::default()).await?;
+        let mut n = 0u64;
+        loop {
+            let k = r.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        anyhow::ensure!(n == size, "strata read {n} of {size}");
+        strata.push(mib_s(n, t.elapsed()));
+    }
+    let (s, b) = (median(strata), median(baseline));
+    println!(
+        "read: sequential, {} cached file, 1MiB reads, median of {} rounds",
+        ByteSize(size),
+        args.rounds
+    );
+    println!("  strata gRPC (MEM tier)   {s:>10.1} MiB/s");
+    println!("  local file (baseline)    {b:>10.1} MiB/s");
+    println!("  ratio strata/local       {:>10.3}", s / b);
+    c.stop().await;
+    Ok(())
+}
+
+/// Runs `op(client, i)` `ops` times on each of `clients` connections at once;
+/// returns total ops/s.
+async fn concurrent<F, Fut>(clients: &[FileSystem], ops: usize, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(FileSystem, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (ci, fs) in clients.iter().cloned().enumerate() {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..ops {
+                op(fs.clone(), ci, i).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((clients.len() * ops) as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn bench_meta(args: &Args) -> anyhow::Result<()> {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(FileSystem::connect(&c.config).await?);
+    }
+    c.fs.mkdir("/meta/stat", true).await?;
+    c.fs.mkdir("/meta/create", true).await?;
+    let files = 1000;
+    for i in 0..files {
+        let w =
+            c.fs.create(
+                &format!("/meta/stat/f{i}"),
+                CreateOptions {
+                    write_type: Some(WriteType::MustCache),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        w.close().await?;
+    }
+    // Warm-up, so connections are established before timing.
+    concurrent(&clients, 50, |fs, _, _| async move {
+        fs.mount_table().await?;
+        Ok(())
+    })
+    .await?;
+    let noop = concurrent(&clients, args.ops, |fs, _, _| async move {
+        fs.mount_table().await?;
+        Ok(())
+    })
+    .await?;
+    let stat = concurrent(&clients, args.ops, move |fs, ci, i| async move {
+        fs.get_status(&format!("/meta/stat/f{}", (ci * 7919 + i) % files))
+            .await
+            .context("getFileStatus")?;
+        Ok(())
+    })
+    .await?;
+    let create = concurrent(&clients, args.ops / 2, |fs, ci, i| async move {
+        let w = fs
+            .create(
+                &format!("/meta/create/c{ci}-{i}"),
+                CreateOptions {
+                    write_type: Some(WriteType::MustCache),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("createFile")?;
+        w.close().await.context("completeFile")?;
+        Ok(())
+    })
+    .await?;
+    println!(
+        "meta: {} concurrent clients, one master (RocksDB metastore, local journal)",
+        args.clients
+    );
+    println!("  getFileStatus                 {stat:>10.0} ops/s");
+    println!("  create (createFile+complete)  {create:>10.0} ops/s");
+    println!("  trivial RPC (baseline)        {noop:>10.0} ops/s");
+    println!("  ratio getFileStatus/trivial   {:>10.3}", stat / noop);
+    println!("  ratio create/trivial          {:>10.3}", create / noop);
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    strata_common::telemetry::init_logging("warn");
+    if args.only == "all" || args.only == "read" {
+        bench_read(&args).await?;
+    }
+    if args.only == "all" || args.only == "meta" {
+        bench_meta(&args).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Tests that run the real `strata` binary: a master restarted (cleanly and by
+//! SIGKILL) on the same data dir keeps the namespace and the mounts; `strata local`
+//! and the README's tour work as written; errors print one line and exit non-zero.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use strata_client::{CreateOptions, FileSystem, OpenOptions, WriteType};
+use strata_tests::{address_after, mem_tempdir, pattern, test_config, Daemon};
+use tokio::io::AsyncReadExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn client(master: &str) -> FileSystem {
+    let mut cfg = test_config(Path::new("/nonexistent"), &[]);
+    cfg.master_addresses = vec![master.to_string()];
+    cfg.client.block_size = strata_common::units::ByteSize(64 * 1024);
+    FileSystem::connect(&cfg).await.unwrap()
+}
+
+async fn read(fs: &FileSystem, path: &str) -> Vec<u8> {
+    let mut r = fs.open(path, OpenOptions::default()).await.unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+async fn wait_for_worker(fs: &FileSystem) {
+    for _ in 0..200 {
+        if fs.workers().await.map(|w| !w.is_empty()).unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no worker registered");
+}
+
+fn start_master(data: &Path, ufs: &Path, port: u16) -> Daemon {
+    Daemon::spawn(
+        Path::new(BIN),
+        &[
+            "master",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--root-ufs",
+            &format!("file://{}", ufs.display()),
+        ],
+        &[],
+        "master listening on",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_restart_keeps_namespace_and_mounts() {
+    let root = tempfile::tempdir().unwrap();
+    let (mdata, ufs, wdata, lake) = (
+        root.path().join("m"),
+        root.path().join("ufs"),
+        root.path().join("w"),
+        root.path().join("lake"),
+    );
+    for d in [&ufs, &lake] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(lake.join("data.csv"), b"a,b\n1,2\n").unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let master = start_master(&mdata, &ufs, port);
+    assert_eq!(address_after(&master.banner, "listening on").unwrap(), addr);
+    let mem = mem_tempdir();
+    let _worker = Daemon::spawn(
+        Path::new(BIN),
+        &[
+            "worker",
+            "--port",
+            "0",
+            "--data-dir",
+            wdata.to_str().unwrap(),
+            "--master",
+            &addr,
+            "-D",
+            "worker.heartbeat_interval=\"100ms\"",
+            "-D",
+            &format!("worker.mem_dir={:?}", mem.path().display().to_string()),
+        ],
+        &[],
+        "worker listening on",
+    );
+    let fs = client(&addr).await;
+    wait_for_worker(&fs).await;
+    fs.mkdir("/keep/deep/er", true).await.unwrap();
+    let data = pattern(200_000, 1);
+    for (path, wt) in [
+        ("/keep/cached", WriteType::CacheThrough),
+        ("/keep/only-cache", WriteType::MustCache),
+    ] {
+        let mut w = fs
+            .create(
+                path,
+                CreateOptions {
+                    write_type: Some(wt),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        w.write(&data).await.unwrap();
+        w.close().await.unwrap();
+    }
+    fs.mount("/lake", lake.to_str().unwrap(), true)
+        .await
+        .unwrap();
+    assert_eq!(read(&fs, "/lake/data.csv").await, b"a,b\n1,2\n");
+    let before = fs.list("/keep").await.unwrap();
+
+    // A clean stop, then a crash: both come back with everything acknowledged.
+    let status = master.terminate();
+    assert!(status.success(), "master exit status {status}");
+    let master = start_master(&mdata, &ufs, port);
+    check_namespace(&fs, &before, &data).await;
+    master.kill();
+    let master = start_master(&mdata, &ufs, port);
+    check_namespace(&fs, &before, &data).await;
+    drop(master);
+}
+
+async fn check_namespace(fs: &FileSystem, before: &[strata_client::FileInfo], data: &[u8]) {
+    let after = fs.list("/keep").await.unwrap();
+    let key = |v: &[strata_client::FileInfo]| {
+        v.iter()
+            .map(|f| (f.path.to_string(), f.id, f.length, f.persisted, f.kind))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&after), key(before));
+    assert!(fs.get_status("/keep/deep/er").await.unwrap().is_dir());
+    let mounts = fs.mount_table().await.unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.path.as_str() == "/lake" && m.read_only),
+        "{mounts:?}"
+    );
+    assert_eq!(read(fs, "/lake/data.csv").await, b"a,b\n1,2\n");
+    // The worker re-registers with the new master and its cached blocks count again:
+    // the MUST_CACHE file, which lives only there, is readable.
+    wait_for_worker(fs).await;
+    let mut ok = false;
+    for _ in 0..100 {
+        if fs
+            .get_status("/keep/only-cache")
+            .await
+            .unwrap()
+            .cached_percent
+            == 100
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ok,
+        "the worker's block report did not reach the restarted master"
+    );
+    assert_eq!(read(fs, "/keep/only-cache").await, data);
+    assert_eq!(read(fs, "/keep/cached").await, data);
+}
+
+#[test]
+fn errors_print_one_line_and_exit_non_zero() {
+    let port = free_port();
+    let out = Command::new(BIN)
+        .args([
+            "fs",
+            "--master",
+            &format!("127.0.0.1:{port}"),
+            "ls",
+            "/a//b",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/a//b") && err.contains("empty component"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["master", "-D", "worker.mem_quota=lots"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("worker.mem_quota"), "{err}");
+}
+
+/// Extracts the shell lines of the README block that follows `<!-- tour -->`.
+fn tour_lines() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let after = readme
+        .split("<!-- tour -->")
+        .nth(1)
+        .expect("README has a tour");
+    let block = after.split("```").nth(1).expect("tour code block");
+    block
+        .lines()
+        .skip(1) // the ```sh line's language tag
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn local_cluster_and_readme_tour_work_as_written() {
+    let lines = tour_lines();
+    assert!(lines.len() >= 15, "tour too short: {lines:?}");
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mem = mem_tempdir();
+    let (mp, wp) = (free_port(), free_port());
+    let env = [
+        ("STRATA_MASTER__RPC_PORT", mp.to_string()),
+        ("STRATA_WORKER__RPC_PORT", wp.to_string()),
+        ("STRATA_WORKER__MEM_DIR", mem.path().display().to_string()),
+        ("STRATA_WORKER__MEM_QUOTA", "256MiB".to_string()),
+        ("STRATA_MASTER_ADDRESSES", format!("127.0.0.1:{mp}")),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let local = Daemon::spawn_in(home.path(), Path::new(BIN), &["local"], &env_refs, "Stop:");
+    assert!(
+        local.banner.contains("Strata local cluster is up"),
+        "{}",
+        local.banner
+    );
+    assert!(home.path().join("strata-data/underfs").is_dir());
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for line in &lines {
+        let out = Command::new("bash")
+            .args(["-c", line])
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tour line failed: {line}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = local.terminate();
+    assert!(status.success(), "strata local exit status {status}");
+}

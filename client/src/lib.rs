@@ -1,0 +1,435 @@
+//! The Strata client library.
+//!
+//! [`FileSystem`] talks to the master for metadata and to workers for data:
+//!
+//! ```no_run
+//! # async fn demo() -> strata_client::Result<()> {
+//! use strata_client::{FileSystem, CreateOptions, OpenOptions};
+//! use tokio::io::AsyncReadExt;
+//!
+//! let fs = FileSystem::connect(&strata_client::SiteConfig::default()).await?;
+//! let mut w = fs.create("/data/hello.txt", CreateOptions::default()).await?;
+//! w.write(b"hello, strata").await?;
+//! w.close().await?;
+//!
+//! let mut r = fs.open("/data/hello.txt", OpenOptions::default()).await?;
+//! let mut text = String::new();
+//! r.read_to_string(&mut text).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A read asks the master where the file's blocks are, then streams each block from a
+//! worker: one on this host if it has the block, else any that has it, else the
+//! worker that consistent hashing assigns to the block, which reads it through from
+//! the under-store and keeps it.
+
+mod reader;
+mod writer;
+
+pub use reader::FileReader;
+pub use strata_common::config::SiteConfig;
+pub use strata_common::types::{
+    BlockLocation, FileBlocks, FileInfo, FileKind, MountPointInfo, ReadType, UfsLocation,
+    WorkerAddress, WriteType,
+};
+pub use strata_common::{Error, Result, StrataPath};
+pub use writer::FileWriter;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_common::config::ClientConfig;
+use strata_common::proto::{
+    self, file_system_master_client::FileSystemMasterClient,
+    worker_service_client::WorkerServiceClient, MAX_MESSAGE_BYTES,
+};
+use tonic::transport::Channel;
+
+/// Options for [`FileSystem::create`]; unset fields take the configured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Where the bytes must be when the writer closes.
+    pub write_type: Option<WriteType>,
+    /// Block size of the new file.
+    pub block_size: Option<u64>,
+    /// Create missing parent directories.
+    pub recursive: bool,
+}
+
+/// Options for [`FileSystem::open`]; unset fields take the configured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Whether blocks read from the under-store are kept in worker storage.
+    pub read_type: Option<ReadType>,
+}
+
+/// A live worker as the master sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSummary {
+    /// Where it answers.
+    pub address: WorkerAddress,
+    /// Bytes its storage may hold.
+    pub capacity_bytes: u64,
+    /// Bytes it holds.
+    pub used_bytes: u64,
+    /// Blocks it holds.
+    pub block_count: u64,
+    /// Time since its last heartbeat.
+    pub since_heartbeat: Duration,
+}
+
+/// How long the worker list is reused before asking the master again.
+const WORKER_LIST_TTL: Duration = Duration::from_secs(3);
+/// Attempts of an idempotent metadata read that failed with a temporary error.
+const READ_ATTEMPTS: u32 = 3;
+
+pub(crate) struct Inner {
+    master: FileSystemMasterClient<Channel>,
+    pub(crate) conf: ClientConfig,
+    local_host: String,
+    channels: Mutex<HashMap<String, Channel>>,
+    workers: Mutex<Option<(Instant, Vec<WorkerAddress>)>>,
+}
+
+fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel> {
+    let mut ep = Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::invalid_argument("address", format!("{addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if let Some(t) = timeout {
+        ep = ep.timeout(t);
+    }
+    Ok(ep.connect_lazy())
+}
+
+impl Inner {
+    pub(crate) fn master(&self) -> FileSystemMasterClient<Channel> {
+        self.master.clone()
+    }
+
+    pub(crate) fn worker(&self, addr: &str) -> Result<WorkerServiceClient<Channel>> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let ch = match map.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = channel(addr, None)?;
+                map.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(WorkerServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Live workers, from a short-lived cache.
+    pub(crate) async fn worker_list(&self) -> Result<Vec<WorkerAddress>> {
+        if let Some((at, list)) = &*self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < WORKER_LIST_TTL && !list.is_empty() {
+                return Ok(list.clone());
+            }
+        }
+        let resp = self
+            .master()
+            .get_workers(proto::GetWorkersRequest {})
+            .await?
+            .into_inner();
+        let list: Vec<WorkerAddress> = resp
+            .workers
+            .into_iter()
+            .filter_map(|w| w.address)
+            .map(WorkerAddress::try_from)
+            .collect::<Result<_>>()?;
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Workers to try for `key`, best first: one on this host, then by rendezvous hash
+    /// (so every client sends the same block to the same worker).
+    pub(crate) fn rank_workers(
+        &self,
+        mut workers: Vec<WorkerAddress>,
+        key: u64,
+    ) -> Vec<WorkerAddress> {
+        use std::hash::{Hash, Hasher};
+        let score = |w: &WorkerAddress| {
+            let mut h = std::hash::DefaultHasher::new();
+            (w.rpc_address.as_str(), key).hash(&mut h);
+            h.finish()
+        };
+        workers.sort_by_key(|w| (w.host != self.local_host, std::cmp::Reverse(score(w))));
+        workers
+    }
+
+    /// Puts workers on this host first, keeping the master's order otherwise.
+    pub(crate) fn prefer_local(&self, mut workers: Vec<WorkerAddress>) -> Vec<WorkerAddress> {
+        workers.sort_by_key(|w| w.host != self.local_host);
+        workers
+    }
+}
+
+/// A connection to a Strata cluster.
+#[derive(Clone)]
+pub struct FileSystem {
+    inner: Arc<Inner>,
+}
+
+fn parse(path: &str) -> Result<StrataPath> {
+    StrataPath::parse(path)
+}
+
+impl FileSystem {
+    /// Connects to the first master of `conf.master_addresses` with `conf.client`
+    /// settings. The connection is made on first use; an unreachable master shows
+    /// as [`Error::Unavailable`] then.
+    pub async fn connect(conf: &SiteConfig) -> Result<Self> {
+        let addr = conf
+            .master_addresses
+            .first()
+            .ok_or_else(|| Error::invalid_argument("master_addresses", "empty"))?;
+        let master = FileSystemMasterClient::new(channel(addr, Some(conf.client.rpc_timeout.0))?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let local_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Ok(FileSystem {
+            inner: Arc::new(Inner {
+                master,
+                conf: conf.client.clone(),
+                local_host,
+                channels: Mutex::new(HashMap::new()),
+                workers: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The client settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.conf
+    }
+
+    /// Runs an idempotent read, retrying temporary failures with a short backoff.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(FileSystemMasterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call(self.inner.master()).await.map_err(Error::from) {
+                Err(e) if e.is_temporary() && attempt < READ_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Status of a file or directory.
+    pub async fn get_status(&self, path: &str) -> Result<FileInfo> {
+        let path = parse(path)?.to_string();
+        let resp = self
+            .retry(|mut m| {
+                let path = path.clone();
+                async move { m.get_status(proto::GetStatusRequest { path }).await }
+            })
+            .await?
+            .into_inner();
+        resp.info
+            .ok_or_else(|| Error::internal("master answered without info"))?
+            .try_into()
+    }
+
+    /// Whether something exists at `path`.
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        match self.get_status(path).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entries of a directory in name order (a file lists as itself).
+    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let path = parse(path)?.to_string();
+        let resp = self
+            .retry(|mut m| {
+                let path = path.clone();
+                async move { m.list_status(proto::ListStatusRequest { path }).await }
+            })
+            .await?
+            .into_inner();
+        resp.entries.into_iter().map(FileInfo::try_from).collect()
+    }
+
+    /// Creates a directory; with `recursive`, missing parents too, and an existing
+    /// directory is not an error.
+    pub async fn mkdir(&self, path: &str, recursive: bool) -> Result<FileInfo> {
+        let path = parse(path)?.to_string();
+        let resp = self
+            .inner
+            .master()
+            .create_directory(proto::CreateDirectoryRequest { path, recursive })
+            .await?
+            .into_inner();
+        resp.info
+            .ok_or_else(|| Error::internal("master answered without info"))?
+            .try_into()
+    }
+
+    /// Creates a file and returns its writer. Nothing is readable until
+    /// [`FileWriter::close`] returns.
+    pub async fn create(&self, path: &str, opts: CreateOptions) -> Result<FileWriter> {
+        let path = parse(path)?;
+        let write_type = opts.write_type.unwrap_or(self.inner.conf.write_type);
+        let block_size = opts.block_size.unwrap_or(self.inner.conf.block_size.0);
+        let resp = self
+            .inner
+            .master()
+            .create_file(proto::CreateFileRequest {
+                path: path.to_string(),
+                block_size,
+                recursive: opts.recursive,
+                write_type: proto::WriteType::from(write_type) as i32,
+            })
+            .await?
+            .into_inner();
+        let info: FileInfo = resp
+            .info
+            .ok_or_else(|| Error::internal("master answered without info"))?
+            .try_into()?;
+        let ufs = resp.ufs.map(UfsLocation::try_from).transpose()?;
+        Ok(FileWriter::new(self.inner.clone(), info, write_type, ufs))
+    }
+
+    /// Opens a complete file for reading.
+    pub async fn open(&self, path: &str, opts: OpenOptions) -> Result<FileReader> {
+        let blocks = self.file_blocks(path).await?;
+        let read_type = opts.read_type.unwrap_or(self.inner.conf.read_type);
+        Ok(FileReader::new(self.inner.clone(), blocks, read_type))
+    }
+
+    /// A file's blocks with their locations.
+    pub async fn file_blocks(&self, path: &str) -> Result<FileBlocks> {
+        let path = parse(path)?.to_string();
+        let resp = self
+            .retry(|mut m| {
+                let path = path.clone();
+                async move {
+                    m.get_file_blocks(proto::GetFileBlocksRequest { path })
+                        .await
+                }
+            })
+            .await?
+            .into_inner();
+        resp.try_into()
+    }
+
+    /// Deletes a file or directory (a non-empty directory only with `recursive`), in
+    /// the under-store too.
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
+        let path = parse(path)?.to_string();
+        self.inner
+            .master()
+            .delete(proto::DeleteRequest { path, recursive })
+            .await?;
+        Ok(())
+    }
+
+    /// Renames `src` to `dst`; `dst` must not exist.
+    pub async fn rename(&self, src: &str, dst: &str) -> Result<()> {
+        let (src, dst) = (parse(src)?.to_string(), parse(dst)?.to_string());
+        self.inner
+            .master()
+            .rename(proto::RenameRequest { src, dst })
+            .await?;
+        Ok(())
+    }
+
+    /// Mounts an under-store (`file:///folder` or `/folder`) at `path`, which must not
+    /// exist yet.
+    pub async fn mount(&self, path: &str, uri: &str, read_only: bool) -> Result<()> {
+        let path = parse(path)?.to_string();
+        self.inner
+            .master()
+            .mount(proto::MountRequest {
+                path,
+                uri: uri.to_string(),
+                read_only,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the mount at `path` from the namespace; the under-store is untouched.
+    pub async fn unmount(&self, path: &str) -> Result<()> {
+        let path = parse(path)?.to_string();
+        self.inner
+            .master()
+            .unmount(proto::UnmountRequest { path })
+            .await?;
+        Ok(())
+    }
+
+    /// The mount table.
+    pub async fn mount_table(&self) -> Result<Vec<MountPointInfo>> {
+        let resp = self
+            .retry(|mut m| async move { m.get_mount_table(proto::GetMountTableRequest {}).await })
+            .await?
+            .into_inner();
+        resp.mounts
+            .into_iter()
+            .map(MountPointInfo::try_from)
+            .collect()
+    }
+
+    /// Drops the cached copies of a file, or of every file below a directory;
+    /// returns how many block copies are being dropped.
+    pub async fn free(&self, path: &str) -> Result<u64> {
+        let path = parse(path)?.to_string();
+        let resp = self
+            .inner
+            .master()
+            .free(proto::FreeRequest { path })
+            .await?
+            .into_inner();
+        Ok(resp.blocks_freed)
+    }
+
+    /// Live workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerSummary>> {
+        let resp = self
+            .retry(|mut m| async move { m.get_workers(proto::GetWorkersRequest {}).await })
+            .await?
+            .into_inner();
+        resp.workers
+            .into_iter()
+            .map(|w| {
+                Ok(WorkerSummary {
+                    address: w
+                        .address
+                        .ok_or_else(|| Error::internal("worker without address"))?
+                        .try_into()?,
+                    capacity_bytes: w.capacity_bytes,
+                    used_bytes: w.used_bytes,
+                    block_count: w.block_count,
+                    since_heartbeat: Duration::from_millis(w.last_heartbeat_ms_ago),
+                })
+            })
+            .collect()
+    }
+
+    /// A worker's counters (`worker.bytes_read_ufs`, ...), by its RPC address.
+    pub async fn worker_metrics(&self, rpc_address: &str) -> Result<BTreeMap<String, u64>> {
+        let resp = self
+            .inner
+            .worker(rpc_address)?
+            .get_metrics(proto::GetMetricsRequest {})
+            .await?
+            .into_inner();
+        Ok(resp.counters.into_iter().collect())
+    }
+}

@@ -1,0 +1,198 @@
+//! Writing a file: one stream to one worker, which cuts the bytes into blocks it
+//! caches and/or writes through to the under-store, per the write type.
+
+use crate::Inner;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use strata_common::proto::{self, write_file_request::Msg};
+use strata_common::types::{FileInfo, UfsLocation, WriteFileHeader, WriteType};
+use strata_common::{Error, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+struct Stream {
+    tx: mpsc::Sender<proto::WriteFileRequest>,
+    call: JoinHandle<Result<proto::WriteFileResponse>>,
+}
+
+/// A file being written. Call [`FileWriter::close`]: a writer dropped without it
+/// leaves the file incomplete (unreadable) until it is deleted.
+pub struct FileWriter {
+    fs: Arc<Inner>,
+    info: FileInfo,
+    write_type: WriteType,
+    ufs: Option<UfsLocation>,
+    stream: Option<Stream>,
+    buf: BytesMut,
+    written: u64,
+    failed: bool,
+}
+
+impl FileWriter {
+    pub(crate) fn new(
+        fs: Arc<Inner>,
+        info: FileInfo,
+        write_type: WriteType,
+        ufs: Option<UfsLocation>,
+    ) -> Self {
+        FileWriter {
+            fs,
+            info,
+            write_type,
+            ufs,
+            stream: None,
+            buf: BytesMut::new(),
+            written: 0,
+            failed: false,
+        }
+    }
+
+    /// The file as created (incomplete until closed).
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn open_stream(&mut self) -> Result<()> {
+        let workers = self.fs.worker_list().await?;
+        let worker = self
+            .fs
+            .rank_workers(workers, self.info.id.0)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::unavailable("no worker is registered with the master"))?;
+        let mut client = self.fs.worker(&worker.rpc_address)?;
+        let (tx, rx) = mpsc::channel(4);
+        let header = WriteFileHeader {
+            file_id: self.info.id,
+            block_size: self.info.block_size,
+            write_type: self.write_type,
+            ufs: self.ufs.clone(),
+            sync: false,
+        };
+        tx.send(proto::WriteFileRequest {
+            msg: Some(Msg::Header(header.into())),
+        })
+        .await
+        .map_err(|_| Error::internal("write stream closed before it started"))?;
+        let call = tokio::spawn(async move {
+            let resp = client
+                .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?;
+            Ok(resp.into_inner())
+        });
+        self.stream = Some(Stream { tx, call });
+        Ok(())
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<()> {
+        if self.stream.is_none() {
+            self.open_stream().await?;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Error::internal("write stream missing"));
+        };
+        let msg = proto::WriteFileRequest {
+            msg: Some(Msg::Data(data)),
+        };
+        if stream.tx.send(msg).await.is_ok() {
+            return Ok(());
+        }
+        // The worker ended the call: its answer says why.
+        let Some(stream) = self.stream.take() else {
+            return Err(Error::internal("write stream missing"));
+        };
+        match stream.call.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) => Err(Error::internal("worker ended the write early")),
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.failed {
+            return Err(Error::NotPermitted {
+                path: self.info.path.to_string(),
+                reason: "an earlier write failed; the file is abandoned".into(),
+            });
+        }
+        let chunk = self.fs.conf.chunk_size.0 as usize;
+        self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
+        while self.buf.len() >= chunk {
+            let piece = self.buf.split_to(chunk).freeze();
+            if let Err(e) = self.send(piece).await {
+                return Err(self.fail(e).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the failure and removes the incomplete file, best effort.
+    async fn fail(&mut self, e: Error) -> Error {
+        self.failed = true;
+        self.stream = None;
+        let req = proto::DeleteRequest {
+            path: self.info.path.to_string(),
+            recursive: false,
+        };
+        if let Err(del) = self.fs.master().delete(req).await {
+            tracing::warn!(path = %self.info.path, "cannot remove the abandoned file: {}", Error::from(del));
+        }
+        e
+    }
+
+    /// Sends what is buffered, waits until the worker has everything where the write
+    /// type says, and completes the file. Returns the completed file's status.
+    pub async fn close(mut self) -> Result<FileInfo> {
+        match self.finish().await {
+            Ok(info) => Ok(info),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<FileInfo> {
+        if self.failed {
+            return Err(Error::NotPermitted {
+                path: self.info.path.to_string(),
+                reason: "an earlier write failed; the file is abandoned".into(),
+            });
+        }
+        if !self.buf.is_empty() {
+            let rest = self.buf.split().freeze();
+            self.send(rest).await?;
+        }
+        // An empty file that is not persisted needs no worker at all.
+        if self.stream.is_none() && self.write_type.persists() {
+            self.open_stream().await?;
+        }
+        if let Some(Stream { tx, call }) = self.stream.take() {
+            drop(tx);
+            let resp = call.await.map_err(Error::internal)??;
+            if resp.length != self.written {
+                return Err(Error::internal(format!(
+                    "worker stored {} bytes of {}",
+                    resp.length, self.written
+                )));
+            }
+        }
+        let resp = self
+            .fs
+            .master()
+            .complete_file(proto::CompleteFileRequest {
+                file_id: self.info.id.0,
+                length: self.written,
+                persisted: self.write_type.persists(),
+            })
+            .await?
+            .into_inner();
+        resp.info
+            .ok_or_else(|| Error::internal("master answered without info"))?
+            .try_into()
+    }
+}

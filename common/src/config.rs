@@ -1,0 +1,411 @@
+//! Site configuration: `conf/strata-site.toml`, then `STRATA_*` environment
+//! variables, then command-line flags, each layer overriding the one before.
+//!
+//! Every key has a documented default (the shipped `conf/strata-site.toml` spells
+//! them all out, and a test checks that file equals the built-in defaults). Unknown
+//! keys and bad values fail at start with the key's dotted name in the message.
+//!
+//! Environment names: `STRATA_` followed by the key path in upper case, sections
+//! separated by a double underscore: `data_dir` is `STRATA_DATA_DIR`,
+//! `worker.mem_quota` is `STRATA_WORKER__MEM_QUOTA`.
+
+use crate::types::{ReadType, WriteType};
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Environment variables that start with `STRATA_` but are not configuration keys.
+pub const NON_KEY_ENV: [&str; 2] = ["STRATA_CONF", "STRATA_LOG"];
+
+/// Default master RPC port.
+pub const DEFAULT_MASTER_PORT: u16 = 19998;
+/// Default worker RPC port.
+pub const DEFAULT_WORKER_PORT: u16 = 29999;
+
+/// A configuration problem, naming the key (or file, or variable) at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted key, environment variable or file the problem is in.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn cfg_err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration of one Strata process.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// Root of everything a daemon keeps on disk (metastore, worker fallback tier,
+    /// the local under-store of `strata local`).
+    pub data_dir: PathBuf,
+    /// `host:port` of every master.
+    #[serde(deserialize_with = "string_list")]
+    pub master_addresses: Vec<String>,
+    /// Master settings.
+    pub master: MasterConfig,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// Client settings (the library, the CLI, FUSE).
+    pub client: ClientConfig,
+}
+
+/// Master settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// Address the master's gRPC server binds.
+    pub bind_host: String,
+    /// The master's gRPC port.
+    pub rpc_port: u16,
+    /// RocksDB metastore folder; empty means `<data_dir>/master/metastore`.
+    pub metastore_dir: String,
+    /// Inodes and directory entries kept in the in-memory cache in front of RocksDB.
+    pub inode_cache_entries: u64,
+    /// A worker silent for this long is dropped, with its block locations.
+    pub worker_timeout: HumanDuration,
+    /// Under-store URI mounted at `/` when the namespace is formatted; empty leaves
+    /// `/` unbacked (files outside mounts can then only be written `MUST_CACHE`).
+    pub root_ufs: String,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Address the worker's gRPC server binds.
+    pub bind_host: String,
+    /// The worker's gRPC port.
+    pub rpc_port: u16,
+    /// Host name the worker reports to clients; empty means the machine's hostname.
+    pub hostname: String,
+    /// Folder on tmpfs that holds the MEM tier. If absent, or with less free space
+    /// than the quota, the tier falls back to `<data_dir>/worker/mem` with a log line.
+    pub mem_dir: PathBuf,
+    /// Bytes the MEM tier may hold; least recently used blocks are evicted past it.
+    pub mem_quota: ByteSize,
+    /// How often the worker reports to the master.
+    pub heartbeat_interval: HumanDuration,
+}
+
+/// Client settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Block size of new files.
+    pub block_size: ByteSize,
+    /// Default write type.
+    pub write_type: WriteType,
+    /// Default read type.
+    pub read_type: ReadType,
+    /// Size of one data message on the wire.
+    pub chunk_size: ByteSize,
+    /// Deadline of one metadata RPC.
+    pub rpc_timeout: HumanDuration,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            data_dir: PathBuf::from("./strata-data"),
+            master_addresses: vec![format!("127.0.0.1:{DEFAULT_MASTER_PORT}")],
+            master: MasterConfig::default(),
+            worker: WorkerConfig::default(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            bind_host: "127.0.0.1".to_string(),
+            rpc_port: DEFAULT_MASTER_PORT,
+            metastore_dir: String::new(),
+            inode_cache_entries: 100_000,
+            worker_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            root_ufs: String::new(),
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            bind_host: "127.0.0.1".to_string(),
+            rpc_port: DEFAULT_WORKER_PORT,
+            hostname: String::new(),
+            mem_dir: PathBuf::from("/dev/shm"),
+            mem_quota: ByteSize(1 << 30),
+            heartbeat_interval: HumanDuration(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            block_size: ByteSize(64 << 20),
+            write_type: WriteType::CacheThrough,
+            read_type: ReadType::Cache,
+            chunk_size: ByteSize(1 << 20),
+            rpc_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Where a configuration comes from.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// The site file; `None` uses `$STRATA_CONF` if set, else the built-in defaults.
+    pub file: Option<PathBuf>,
+    /// Apply `STRATA_*` environment variables.
+    pub use_env: bool,
+    /// Flag overrides, `("worker.rpc_port", "0")`, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl SiteConfig {
+    /// Loads the file, then the environment, then the overrides, and validates.
+    pub fn load(opts: &LoadOptions) -> Result<SiteConfig, ConfigError> {
+        let file = opts
+            .file
+            .clone()
+            .or_else(|| std::env::var_os("STRATA_CONF").map(PathBuf::from));
+        let mut table = match &file {
+            Some(path) => read_table(path)?,
+            None => toml::Table::new(),
+        };
+        if opts.use_env {
+            let mut vars: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("STRATA_") && !NON_KEY_ENV.contains(&k.as_str()))
+                .collect();
+            vars.sort();
+            for (var, value) in vars {
+                let key = env_var_to_key(&var);
+                set_key(&mut table, &key, &value).map_err(|e| cfg_err(&var, e.reason))?;
+            }
+        }
+        for (key, value) in &opts.overrides {
+            set_key(&mut table, key, value)?;
+        }
+        Self::from_table(table)
+    }
+
+    /// Parses one TOML document (no environment, no overrides) and validates it.
+    pub fn from_toml_str(text: &str) -> Result<SiteConfig, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| cfg_err("file", e.to_string()))?;
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<SiteConfig, ConfigError> {
+        let cfg: SiteConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                cfg_err(
+                    if key == "." { "file".to_string() } else { key },
+                    e.inner().to_string(),
+                )
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.master_addresses.is_empty() {
+            return Err(cfg_err(
+                "master_addresses",
+                "at least one master address is needed",
+            ));
+        }
+        for addr in &self.master_addresses {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(cfg_err(
+                    "master_addresses",
+                    format!("{addr:?} is not host:port"),
+                ));
+            }
+        }
+        let bs = self.client.block_size.0;
+        if !(4096..=(1 << 32)).contains(&bs) {
+            return Err(cfg_err(
+                "client.block_size",
+                "must be between 4KiB and 4GiB",
+            ));
+        }
+        let cs = self.client.chunk_size.0;
+        if !(4096..=(8 << 20)).contains(&cs) {
+            return Err(cfg_err(
+                "client.chunk_size",
+                "must be between 4KiB and 8MiB",
+            ));
+        }
+        if self.worker.mem_quota.0 == 0 {
+            return Err(cfg_err("worker.mem_quota", "must be more than 0"));
+        }
+        if self.worker.heartbeat_interval.0.is_zero() {
+            return Err(cfg_err("worker.heartbeat_interval", "must be more than 0"));
+        }
+        if self.master.worker_timeout.0 <= self.worker.heartbeat_interval.0 {
+            return Err(cfg_err(
+                "master.worker_timeout",
+                "must be longer than worker.heartbeat_interval",
+            ));
+        }
+        if self.master.inode_cache_entries == 0 {
+            return Err(cfg_err("master.inode_cache_entries", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// The metastore folder, resolved against `data_dir`.
+    pub fn metastore_dir(&self) -> PathBuf {
+        if self.master.metastore_dir.is_empty() {
+            self.data_dir.join("master").join("metastore")
+        } else {
+            PathBuf::from(&self.master.metastore_dir)
+        }
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| cfg_err(path.display().to_string(), format!("cannot read: {e}")))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| cfg_err(path.display().to_string(), e.to_string()))
+}
+
+fn env_var_to_key(var: &str) -> String {
+    var["STRATA_".len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Sets `a.b.c = value` in the table. The value is read as a TOML value when it is
+/// one (`8080`, `true`, `["a"]`), else as a string (`64MiB`, `/tmp/x`).
+fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parsed: toml::Value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| cfg_err(key, "empty key"))?;
+    let mut cur = table;
+    for part in parts {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(cfg_err(key, format!("{part} is not a section"))),
+        };
+    }
+    cur.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_all_defaults() {
+        assert_eq!(
+            SiteConfig::from_toml_str("").unwrap(),
+            SiteConfig::default()
+        );
+    }
+
+    #[test]
+    fn parses_units_and_modes() {
+        let cfg = SiteConfig::from_toml_str(
+            "[worker]\nmem_quota = \"2GiB\"\nheartbeat_interval = \"250ms\"\n\
+             [client]\nwrite_type = \"THROUGH\"\nblock_size = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.worker.mem_quota.0, 2 << 30);
+        assert_eq!(cfg.worker.heartbeat_interval.0.as_millis(), 250);
+        assert_eq!(cfg.client.write_type, WriteType::Through);
+        assert_eq!(cfg.client.block_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_name_the_key() {
+        let err = SiteConfig::from_toml_str("[worker]\nmem_qouta = \"1GiB\"\n").unwrap_err();
+        assert!(err.to_string().contains("mem_qouta"), "{err}");
+        let err = SiteConfig::from_toml_str("[worker]\nmem_quota = \"lots\"\n").unwrap_err();
+        assert_eq!(err.key, "worker.mem_quota");
+        let err = SiteConfig::from_toml_str("[client]\nwrite_type = \"SOMETIMES\"\n").unwrap_err();
+        assert_eq!(err.key, "client.write_type");
+        let err = SiteConfig::from_toml_str("[client]\nblock_size = \"1KiB\"\n").unwrap_err();
+        assert_eq!(err.key, "client.block_size");
+    }
+
+    #[test]
+    fn overrides_apply_last() {
+        let cfg = SiteConfig::load(&LoadOptions {
+            file: None,
+            use_env: false,
+            overrides: vec![
+                ("worker.rpc_port".into(), "0".into()),
+                ("data_dir".into(), "/tmp/x y".into()),
+                ("master_addresses".into(), "127.0.0.1:1,127.0.0.1:2".into()),
+            ],
+        })
+        .unwrap();
+        assert_eq!(cfg.worker.rpc_port, 0);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x y"));
+        assert_eq!(cfg.master_addresses.len(), 2);
+        let err = SiteConfig::load(&LoadOptions {
+            overrides: vec![("worker.nope".into(), "1".into())],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_names_map_to_keys() {
+        assert_eq!(
+            env_var_to_key("STRATA_WORKER__MEM_QUOTA"),
+            "worker.mem_quota"
+        );
+        assert_eq!(env_var_to_key("STRATA_DATA_DIR"), "data_dir");
+    }
+}

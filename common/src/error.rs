@@ -1,0 +1,331 @@
+//! The one error type every Strata component speaks, and its exhaustive mappings to
+//! and from gRPC status (errno follows with the FUSE layer).
+//!
+//! Errors cross process boundaries intact: the variant and its fields travel in the
+//! status details as an [`ErrorDetail`], so a client sees the same variant the master
+//! produced, never a string to pattern-match.
+
+use crate::proto::ErrorDetail;
+use prost::Message;
+
+/// Result with Strata's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Strata, by cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The path does not exist.
+    #[error("{path}: no such file or directory")]
+    NotFound { path: String },
+    /// Something already exists at the path.
+    #[error("{path}: already exists")]
+    AlreadyExists { path: String },
+    /// A component of the path, or the path itself, is a file where a directory is needed.
+    #[error("{path}: not a directory")]
+    NotADirectory { path: String },
+    /// The path is a directory where a file is needed.
+    #[error("{path}: is a directory")]
+    IsADirectory { path: String },
+    /// A non-recursive delete of a directory with children.
+    #[error("{path}: directory not empty (use recursive delete)")]
+    DirectoryNotEmpty { path: String },
+    /// The path is malformed: not absolute, an empty component, NUL, `.` or `..`.
+    #[error("{path:?}: invalid path: {reason}")]
+    InvalidPath { path: String, reason: String },
+    /// The operation is not allowed on this path in its current state (rename into
+    /// its own subtree, delete of a mount point, ...).
+    #[error("{path}: {reason}")]
+    NotPermitted { path: String, reason: String },
+    /// The path is not a mount point.
+    #[error("{path}: not a mount point")]
+    NotAMountPoint { path: String },
+    /// The file has not been completed by its writer.
+    #[error("{path}: file is incomplete (its writer has not closed it)")]
+    FileIncomplete { path: String },
+    /// A request field is missing or out of range.
+    #[error("invalid argument {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// A block a worker was asked for is not in its storage and has no under-store source.
+    #[error("block {block_id} is not cached on this worker and has no under-store copy")]
+    BlockNotFound { block_id: u64 },
+    /// Storage is full: the tier cannot make room.
+    #[error("{what}: no space left: {reason}")]
+    NoSpace { what: String, reason: String },
+    /// The under-store failed; `temporary` says whether a retry may succeed.
+    #[error("under-store error at {path}: {reason}")]
+    UnderStore {
+        path: String,
+        reason: String,
+        temporary: bool,
+    },
+    /// A peer (master, worker) cannot be reached or is not ready.
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// A bug or a corrupted store: not the caller's fault.
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+}
+
+impl Error {
+    /// Convenience constructor for [`Error::InvalidArgument`].
+    pub fn invalid_argument(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Convenience constructor for [`Error::Internal`].
+    pub fn internal(reason: impl std::fmt::Display) -> Self {
+        Error::Internal {
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Convenience constructor for [`Error::Unavailable`].
+    pub fn unavailable(reason: impl std::fmt::Display) -> Self {
+        Error::Unavailable {
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether the same request may succeed if retried later. Retrying happens in one
+    /// layer only (the client's RPC wrapper), which asks this.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::UnderStore { temporary, .. } => *temporary,
+            Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::NotADirectory { .. }
+            | Error::IsADirectory { .. }
+            | Error::DirectoryNotEmpty { .. }
+            | Error::InvalidPath { .. }
+            | Error::NotPermitted { .. }
+            | Error::NotAMountPoint { .. }
+            | Error::FileIncomplete { .. }
+            | Error::InvalidArgument { .. }
+            | Error::BlockNotFound { .. }
+            | Error::NoSpace { .. }
+            | Error::Internal { .. } => false,
+        }
+    }
+
+    fn to_detail(&self) -> (tonic::Code, ErrorDetail) {
+        use tonic::Code;
+        let d = |kind: &str, path: &str, reason: &str| ErrorDetail {
+            kind: kind.to_string(),
+            path: path.to_string(),
+            reason: reason.to_string(),
+            block_id: 0,
+        };
+        match self {
+            Error::NotFound { path } => (Code::NotFound, d("not_found", path, "")),
+            Error::AlreadyExists { path } => (Code::AlreadyExists, d("already_exists", path, "")),
+            Error::NotADirectory { path } => {
+                (Code::FailedPrecondition, d("not_a_directory", path, ""))
+            }
+            Error::IsADirectory { path } => {
+                (Code::FailedPrecondition, d("is_a_directory", path, ""))
+            }
+            Error::DirectoryNotEmpty { path } => {
+                (Code::FailedPrecondition, d("directory_not_empty", path, ""))
+            }
+            Error::InvalidPath { path, reason } => {
+                (Code::InvalidArgument, d("invalid_path", path, reason))
+            }
+            Error::NotPermitted { path, reason } => {
+                (Code::FailedPrecondition, d("not_permitted", path, reason))
+            }
+            Error::NotAMountPoint { path } => {
+                (Code::FailedPrecondition, d("not_a_mount_point", path, ""))
+            }
+            Error::FileIncomplete { path } => {
+                (Code::FailedPrecondition, d("file_incomplete", path, ""))
+            }
+            Error::InvalidArgument { field, reason } => {
+                (Code::InvalidArgument, d("invalid_argument", field, reason))
+            }
+            Error::BlockNotFound { block_id } => (
+                Code::NotFound,
+                ErrorDetail {
+                    block_id: *block_id,
+                    ..d("block_not_found", "", "")
+                },
+            ),
+            Error::NoSpace { what, reason } => {
+                (Code::ResourceExhausted, d("no_space", what, reason))
+            }
+            Error::UnderStore {
+                path,
+                reason,
+                temporary,
+            } => (
+                Code::Unavailable,
+                d(
+                    if *temporary {
+                        "under_store_temporary"
+                    } else {
+                        "under_store"
+                    },
+                    path,
+                    reason,
+                ),
+            ),
+            Error::Unavailable { reason } => (Code::Unavailable, d("unavailable", "", reason)),
+            Error::Internal { reason } => (Code::Internal, d("internal", "", reason)),
+        }
+    }
+
+    fn from_detail(detail: ErrorDetail) -> Option<Self> {
+        let ErrorDetail {
+            kind,
+            path,
+            reason,
+            block_id,
+        } = detail;
+        Some(match kind.as_str() {
+            "not_found" => Error::NotFound { path },
+            "already_exists" => Error::AlreadyExists { path },
+            "not_a_directory" => Error::NotADirectory { path },
+            "is_a_directory" => Error::IsADirectory { path },
+            "directory_not_empty" => Error::DirectoryNotEmpty { path },
+            "invalid_path" => Error::InvalidPath { path, reason },
+            "not_permitted" => Error::NotPermitted { path, reason },
+            "not_a_mount_point" => Error::NotAMountPoint { path },
+            "file_incomplete" => Error::FileIncomplete { path },
+            "invalid_argument" => Error::InvalidArgument {
+                field: path,
+                reason,
+            },
+            "block_not_found" => Error::BlockNotFound { block_id },
+            "no_space" => Error::NoSpace { what: path, reason },
+            "under_store" | "under_store_temporary" => Error::UnderStore {
+                path,
+                reason,
+                temporary: kind == "under_store_temporary",
+            },
+            "unavailable" => Error::Unavailable { reason },
+            "internal" => Error::Internal { reason },
+            _ => return None,
+        })
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let (code, detail) = err.to_detail();
+        tonic::Status::with_details(code, err.to_string(), detail.encode_to_vec().into())
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        if let Ok(detail) = ErrorDetail::decode(status.details()) {
+            if let Some(err) = Error::from_detail(detail) {
+                return err;
+            }
+        }
+        // A status without Strata details comes from the transport or a foreign peer.
+        use tonic::Code;
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                Error::Unavailable {
+                    reason: status.message().to_string(),
+                }
+            }
+            Code::InvalidArgument => Error::InvalidArgument {
+                field: "request".to_string(),
+                reason: status.message().to_string(),
+            },
+            Code::Ok
+            | Code::Unknown
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::ResourceExhausted
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss
+            | Code::Unauthenticated => Error::Internal {
+                reason: format!("{:?}: {}", status.code(), status.message()),
+            },
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(err: tonic::transport::Error) -> Self {
+        Error::Unavailable {
+            reason: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_variants() -> Vec<Error> {
+        let p = || "/a/b".to_string();
+        let r = || "because".to_string();
+        vec![
+            Error::NotFound { path: p() },
+            Error::AlreadyExists { path: p() },
+            Error::NotADirectory { path: p() },
+            Error::IsADirectory { path: p() },
+            Error::DirectoryNotEmpty { path: p() },
+            Error::InvalidPath {
+                path: p(),
+                reason: r(),
+            },
+            Error::NotPermitted {
+                path: p(),
+                reason: r(),
+            },
+            Error::NotAMountPoint { path: p() },
+            Error::FileIncomplete { path: p() },
+            Error::InvalidArgument {
+                field: "f".into(),
+                reason: r(),
+            },
+            Error::BlockNotFound { block_id: 42 },
+            Error::NoSpace {
+                what: "MEM".into(),
+                reason: r(),
+            },
+            Error::UnderStore {
+                path: p(),
+                reason: r(),
+                temporary: true,
+            },
+            Error::UnderStore {
+                path: p(),
+                reason: r(),
+                temporary: false,
+            },
+            Error::Unavailable { reason: r() },
+            Error::Internal { reason: r() },
+        ]
+    }
+
+    #[test]
+    fn every_variant_survives_a_trip_through_grpc_status() {
+        for err in all_variants() {
+            let status: tonic::Status = err.clone().into();
+            assert_eq!(status.message(), err.to_string());
+            let back: Error = status.into();
+            assert_eq!(back, err);
+        }
+    }
+
+    #[test]
+    fn foreign_status_maps_by_code() {
+        let e: Error = tonic::Status::unavailable("conn refused").into();
+        assert!(e.is_temporary());
+        let e: Error = tonic::Status::unimplemented("nope").into();
+        assert!(matches!(e, Error::Internal { .. }));
+    }
+}

@@ -1,0 +1,626 @@
+//! Validated domain types and their conversions from and to the wire.
+//!
+//! Handlers and the client see only these. Every `TryFrom<proto::X>` turns a missing
+//! or malformed field into [`Error::InvalidArgument`] (or [`Error::InvalidPath`]), so
+//! nothing past the edge checks a prost `Option` again.
+
+use crate::error::{Error, Result};
+use crate::ids::{BlockId, FileId, WorkerId};
+use crate::path::{validate_name, StrataPath};
+use crate::proto;
+use serde::Deserialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file made of blocks.
+    File,
+    /// A directory.
+    Directory,
+}
+
+/// Where a write's bytes must be when the writer is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WriteType {
+    /// Worker storage only: fastest, lost if evicted.
+    MustCache,
+    /// Worker storage and the under-store.
+    CacheThrough,
+    /// The under-store only.
+    Through,
+}
+
+impl WriteType {
+    /// Whether the bytes are kept in worker storage.
+    pub fn caches(self) -> bool {
+        matches!(self, WriteType::MustCache | WriteType::CacheThrough)
+    }
+
+    /// Whether the bytes are written to the under-store.
+    pub fn persists(self) -> bool {
+        matches!(self, WriteType::CacheThrough | WriteType::Through)
+    }
+}
+
+/// Whether a read keeps what it reads in worker storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReadType {
+    /// Cache blocks read from the under-store.
+    Cache,
+    /// Read without caching.
+    NoCache,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s.to_ascii_uppercase().replace('-', "_").as_str() {
+                    $($text => Ok($ty::$variant),)*
+                    _ => Err(format!(concat!("unknown ", stringify!($ty), " {:?} (one of: ", $($text, " ",)* ")"), s)),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($ty::$variant => $text,)* })
+            }
+        }
+    };
+}
+text_enum!(WriteType { MustCache => "MUST_CACHE", CacheThrough => "CACHE_THROUGH", Through => "THROUGH" });
+text_enum!(ReadType { Cache => "CACHE", NoCache => "NO_CACHE" });
+
+impl TryFrom<i32> for WriteType {
+    type Error = Error;
+    fn try_from(v: i32) -> Result<Self> {
+        match proto::WriteType::try_from(v) {
+            Ok(proto::WriteType::MustCache) => Ok(WriteType::MustCache),
+            Ok(proto::WriteType::CacheThrough) => Ok(WriteType::CacheThrough),
+            Ok(proto::WriteType::Through) => Ok(WriteType::Through),
+            Ok(proto::WriteType::Unspecified) | Err(_) => Err(Error::invalid_argument(
+                "write_type",
+                format!("missing or unknown ({v})"),
+            )),
+        }
+    }
+}
+
+impl From<WriteType> for proto::WriteType {
+    fn from(w: WriteType) -> Self {
+        match w {
+            WriteType::MustCache => proto::WriteType::MustCache,
+            WriteType::CacheThrough => proto::WriteType::CacheThrough,
+            WriteType::Through => proto::WriteType::Through,
+        }
+    }
+}
+
+impl TryFrom<i32> for ReadType {
+    type Error = Error;
+    fn try_from(v: i32) -> Result<Self> {
+        match proto::ReadType::try_from(v) {
+            Ok(proto::ReadType::Cache) => Ok(ReadType::Cache),
+            Ok(proto::ReadType::NoCache) => Ok(ReadType::NoCache),
+            Ok(proto::ReadType::Unspecified) | Err(_) => Err(Error::invalid_argument(
+                "read_type",
+                format!("missing or unknown ({v})"),
+            )),
+        }
+    }
+}
+
+impl From<ReadType> for proto::ReadType {
+    fn from(r: ReadType) -> Self {
+        match r {
+            ReadType::Cache => proto::ReadType::Cache,
+            ReadType::NoCache => proto::ReadType::NoCache,
+        }
+    }
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T> {
+    v.ok_or_else(|| Error::invalid_argument(field, "missing"))
+}
+
+/// Parses a path field of a request.
+pub fn parse_path(raw: &str) -> Result<StrataPath> {
+    StrataPath::parse(raw)
+}
+
+/// What the master knows of one file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Inode id.
+    pub id: FileId,
+    /// Full path.
+    pub path: StrataPath,
+    /// File or directory.
+    pub kind: FileKind,
+    /// Bytes (files; 0 for directories).
+    pub length: u64,
+    /// Block size the file was created with.
+    pub block_size: u64,
+    /// Whether the writer closed it.
+    pub complete: bool,
+    /// Whether its bytes are in the under-store.
+    pub persisted: bool,
+    /// Last modification, ms since the epoch.
+    pub mtime_ms: i64,
+    /// Whether a mount is rooted here.
+    pub mount_point: bool,
+    /// Share of the bytes held by workers, 0..=100.
+    pub cached_percent: u32,
+}
+
+impl FileInfo {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
+
+    /// The last path component (`/` for the root).
+    pub fn name(&self) -> &str {
+        self.path.name().unwrap_or("/")
+    }
+}
+
+impl TryFrom<proto::FileInfo> for FileInfo {
+    type Error = Error;
+    fn try_from(p: proto::FileInfo) -> Result<Self> {
+        let kind = match proto::FileKind::try_from(p.kind) {
+            Ok(proto::FileKind::File) => FileKind::File,
+            Ok(proto::FileKind::Directory) => FileKind::Directory,
+            Ok(proto::FileKind::Unspecified) | Err(_) => {
+                return Err(Error::invalid_argument("kind", "missing or unknown"))
+            }
+        };
+        Ok(FileInfo {
+            id: FileId(p.id),
+            path: StrataPath::parse(&p.path)?,
+            kind,
+            length: p.length,
+            block_size: p.block_size,
+            complete: p.complete,
+            persisted: p.persisted,
+            mtime_ms: p.mtime_ms,
+            mount_point: p.mount_point,
+            cached_percent: p.cached_percent.min(100),
+        })
+    }
+}
+
+impl From<FileInfo> for proto::FileInfo {
+    fn from(f: FileInfo) -> Self {
+        proto::FileInfo {
+            id: f.id.0,
+            name: f.name().to_string(),
+            path: f.path.to_string(),
+            kind: match f.kind {
+                FileKind::File => proto::FileKind::File,
+                FileKind::Directory => proto::FileKind::Directory,
+            } as i32,
+            length: f.length,
+            block_size: f.block_size,
+            complete: f.complete,
+            persisted: f.persisted,
+            mtime_ms: f.mtime_ms,
+            mount_point: f.mount_point,
+            cached_percent: f.cached_percent,
+        }
+    }
+}
+
+/// Where a worker answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkerAddress {
+    /// Id from registration.
+    pub id: WorkerId,
+    /// Host name, for locality.
+    pub host: String,
+    /// `host:port` of its gRPC server.
+    pub rpc_address: String,
+}
+
+impl TryFrom<proto::WorkerAddress> for WorkerAddress {
+    type Error = Error;
+    fn try_from(p: proto::WorkerAddress) -> Result<Self> {
+        if p.rpc_address.is_empty() {
+            return Err(Error::invalid_argument("rpc_address", "missing"));
+        }
+        Ok(WorkerAddress {
+            id: WorkerId(p.worker_id),
+            host: p.host,
+            rpc_address: p.rpc_address,
+        })
+    }
+}
+
+impl From<WorkerAddress> for proto::WorkerAddress {
+    fn from(w: WorkerAddress) -> Self {
+        proto::WorkerAddress {
+            worker_id: w.id.0,
+            host: w.host,
+            rpc_address: w.rpc_address,
+        }
+    }
+}
+
+/// A file's place in an under-store: the mount URI and the validated path below it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UfsLocation {
+    /// URI of the mount's root, e.g. `file:///data/lake`.
+    pub mount_uri: String,
+    /// Components below the mount root; empty for the root itself.
+    pub components: Vec<String>,
+}
+
+impl UfsLocation {
+    /// Builds a location, validating every component (no `..`, no empty name).
+    pub fn new(mount_uri: impl Into<String>, relative: &str) -> Result<Self> {
+        let components = split_relative(relative)?;
+        Ok(UfsLocation {
+            mount_uri: mount_uri.into(),
+            components,
+        })
+    }
+
+    /// The relative path, `/`-joined.
+    pub fn relative(&self) -> String {
+        self.components.join("/")
+    }
+}
+
+/// Splits and validates an under-store relative path (`a/b/c`, or empty for the root).
+pub fn split_relative(relative: &str) -> Result<Vec<String>> {
+    if relative.is_empty() {
+        return Ok(Vec::new());
+    }
+    relative
+        .split('/')
+        .map(|c| {
+            validate_name(c)
+                .map(|_| c.to_string())
+                .map_err(|reason| Error::InvalidPath {
+                    path: relative.to_string(),
+                    reason,
+                })
+        })
+        .collect()
+}
+
+impl TryFrom<proto::UfsLocation> for UfsLocation {
+    type Error = Error;
+    fn try_from(p: proto::UfsLocation) -> Result<Self> {
+        if p.mount_uri.is_empty() {
+            return Err(Error::invalid_argument("ufs.mount_uri", "missing"));
+        }
+        UfsLocation::new(p.mount_uri, &p.path)
+    }
+}
+
+impl From<UfsLocation> for proto::UfsLocation {
+    fn from(u: UfsLocation) -> Self {
+        proto::UfsLocation {
+            path: u.relative(),
+            mount_uri: u.mount_uri,
+        }
+    }
+}
+
+/// One block of a file and the workers holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockLocation {
+    /// Block id.
+    pub block_id: BlockId,
+    /// Offset of the block's first byte in the file.
+    pub offset: u64,
+    /// Bytes in the block.
+    pub length: u64,
+    /// Workers that hold it, best first.
+    pub workers: Vec<WorkerAddress>,
+}
+
+impl TryFrom<proto::BlockLocation> for BlockLocation {
+    type Error = Error;
+    fn try_from(p: proto::BlockLocation) -> Result<Self> {
+        Ok(BlockLocation {
+            block_id: BlockId(p.block_id),
+            offset: p.offset,
+            length: p.length,
+            workers: p
+                .workers
+                .into_iter()
+                .map(WorkerAddress::try_from)
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+impl From<BlockLocation> for proto::BlockLocation {
+    fn from(b: BlockLocation) -> Self {
+        proto::BlockLocation {
+            block_id: b.block_id.0,
+            offset: b.offset,
+            length: b.length,
+            workers: b.workers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A file, its blocks with their locations, and its under-store copy if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBlocks {
+    /// The file.
+    pub info: FileInfo,
+    /// Its blocks in order.
+    pub blocks: Vec<BlockLocation>,
+    /// Its under-store copy, when persisted.
+    pub ufs: Option<UfsLocation>,
+}
+
+impl TryFrom<proto::GetFileBlocksResponse> for FileBlocks {
+    type Error = Error;
+    fn try_from(p: proto::GetFileBlocksResponse) -> Result<Self> {
+        Ok(FileBlocks {
+            info: required(p.info, "info")?.try_into()?,
+            blocks: p
+                .blocks
+                .into_iter()
+                .map(BlockLocation::try_from)
+                .collect::<Result<_>>()?,
+            ufs: p.ufs.map(UfsLocation::try_from).transpose()?,
+        })
+    }
+}
+
+impl From<FileBlocks> for proto::GetFileBlocksResponse {
+    fn from(f: FileBlocks) -> Self {
+        proto::GetFileBlocksResponse {
+            info: Some(f.info.into()),
+            blocks: f.blocks.into_iter().map(Into::into).collect(),
+            ufs: f.ufs.map(Into::into),
+        }
+    }
+}
+
+/// One entry of the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPointInfo {
+    /// Where in the namespace.
+    pub path: StrataPath,
+    /// Under-store URI.
+    pub uri: String,
+    /// Whether writes to it are refused.
+    pub read_only: bool,
+    /// Mount id.
+    pub mount_id: u64,
+}
+
+impl TryFrom<proto::MountPointInfo> for MountPointInfo {
+    type Error = Error;
+    fn try_from(p: proto::MountPointInfo) -> Result<Self> {
+        Ok(MountPointInfo {
+            path: StrataPath::parse(&p.path)?,
+            uri: p.uri,
+            read_only: p.read_only,
+            mount_id: p.mount_id,
+        })
+    }
+}
+
+impl From<MountPointInfo> for proto::MountPointInfo {
+    fn from(m: MountPointInfo) -> Self {
+        proto::MountPointInfo {
+            path: m.path.to_string(),
+            uri: m.uri,
+            read_only: m.read_only,
+            mount_id: m.mount_id,
+        }
+    }
+}
+
+/// A request to create a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateFile {
+    /// Where.
+    pub path: StrataPath,
+    /// Block size, > 0.
+    pub block_size: u64,
+    /// Create missing parents.
+    pub recursive: bool,
+    /// How it will be written.
+    pub write_type: WriteType,
+}
+
+impl TryFrom<proto::CreateFileRequest> for CreateFile {
+    type Error = Error;
+    fn try_from(p: proto::CreateFileRequest) -> Result<Self> {
+        if p.block_size == 0 {
+            return Err(Error::invalid_argument("block_size", "must be more than 0"));
+        }
+        Ok(CreateFile {
+            path: StrataPath::parse(&p.path)?,
+            block_size: p.block_size,
+            recursive: p.recursive,
+            write_type: p.write_type.try_into()?,
+        })
+    }
+}
+
+/// A block's bytes in the under-store, for read-through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UfsBlockSource {
+    /// The file in the under-store.
+    pub location: UfsLocation,
+    /// Offset of the block's first byte in that file.
+    pub block_start: u64,
+    /// Bytes in the block.
+    pub block_length: u64,
+}
+
+/// A request to read part of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlock {
+    /// Which block.
+    pub block_id: BlockId,
+    /// First byte, relative to the block.
+    pub offset: u64,
+    /// Bytes wanted.
+    pub length: u64,
+    /// Whether a miss is cached.
+    pub read_type: ReadType,
+    /// Where to read a miss from.
+    pub source: Option<UfsBlockSource>,
+}
+
+impl TryFrom<proto::ReadBlockRequest> for ReadBlock {
+    type Error = Error;
+    fn try_from(p: proto::ReadBlockRequest) -> Result<Self> {
+        let source = match p.source {
+            Some(s) => {
+                let location = required(s.location, "source.location")?.try_into()?;
+                Some(UfsBlockSource {
+                    location,
+                    block_start: s.block_start,
+                    block_length: s.block_length,
+                })
+            }
+            None => None,
+        };
+        if let Some(s) = &source {
+            if p.offset.saturating_add(p.length) > s.block_length {
+                return Err(Error::invalid_argument(
+                    "length",
+                    "range ends past the block",
+                ));
+            }
+        }
+        Ok(ReadBlock {
+            block_id: BlockId(p.block_id),
+            offset: p.offset,
+            length: p.length,
+            read_type: p.read_type.try_into()?,
+            source,
+        })
+    }
+}
+
+impl From<ReadBlock> for proto::ReadBlockRequest {
+    fn from(r: ReadBlock) -> Self {
+        proto::ReadBlockRequest {
+            block_id: r.block_id.0,
+            offset: r.offset,
+            length: r.length,
+            read_type: proto::ReadType::from(r.read_type) as i32,
+            source: r.source.map(|s| proto::UfsBlockSource {
+                location: Some(s.location.into()),
+                block_start: s.block_start,
+                block_length: s.block_length,
+            }),
+        }
+    }
+}
+
+/// The header of a file write stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFileHeader {
+    /// The file being written.
+    pub file_id: FileId,
+    /// Its block size.
+    pub block_size: u64,
+    /// Its write type.
+    pub write_type: WriteType,
+    /// Its under-store location; present exactly when the write type persists.
+    pub ufs: Option<UfsLocation>,
+    /// fsync blocks before they become visible.
+    pub sync: bool,
+}
+
+impl TryFrom<proto::WriteFileHeader> for WriteFileHeader {
+    type Error = Error;
+    fn try_from(p: proto::WriteFileHeader) -> Result<Self> {
+        let write_type: WriteType = p.write_type.try_into()?;
+        if p.block_size == 0 {
+            return Err(Error::invalid_argument("block_size", "must be more than 0"));
+        }
+        let ufs = p.ufs.map(UfsLocation::try_from).transpose()?;
+        if write_type.persists() && ufs.is_none() {
+            return Err(Error::invalid_argument(
+                "ufs",
+                format!("required by {write_type}"),
+            ));
+        }
+        Ok(WriteFileHeader {
+            file_id: FileId(p.file_id),
+            block_size: p.block_size,
+            write_type,
+            ufs,
+            sync: p.sync,
+        })
+    }
+}
+
+impl From<WriteFileHeader> for proto::WriteFileHeader {
+    fn from(h: WriteFileHeader) -> Self {
+        proto::WriteFileHeader {
+            file_id: h.file_id.0,
+            block_size: h.block_size,
+            write_type: proto::WriteType::from(h.write_type) as i32,
+            ufs: h.ufs.map(Into::into),
+            sync: h.sync,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_fields_are_invalid_arguments() {
+        let err = ReadBlock::try_from(proto::ReadBlockRequest {
+            block_id: 1,
+            read_type: 0,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }));
+        let err = WriteFileHeader::try_from(proto::WriteFileHeader {
+            file_id: 1,
+            block_size: 10,
+            write_type: proto::WriteType::Through as i32,
+            ufs: None,
+            sync: false,
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }));
+    }
+
+    #[test]
+    fn ufs_location_rejects_escapes() {
+        assert!(UfsLocation::new("file:///x", "a/../../etc").is_err());
+        assert!(UfsLocation::new("file:///x", "/abs").is_err());
+        assert!(UfsLocation::new("file:///x", "a//b").is_err());
+        assert_eq!(
+            UfsLocation::new("file:///x", "a/b").unwrap().relative(),
+            "a/b"
+        );
+    }
+
+    #[test]
+    fn modes_parse_from_text() {
+        assert_eq!(
+            "cache_through".parse::<WriteType>().unwrap(),
+            WriteType::CacheThrough
+        );
+        assert_eq!("NO_CACHE".parse::<ReadType>().unwrap(), ReadType::NoCache);
+        assert!("sometimes".parse::<WriteType>().is_err());
+        assert_eq!(WriteType::MustCache.to_string(), "MUST_CACHE");
+    }
+}

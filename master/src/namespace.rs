@@ -1,0 +1,906 @@
+//! The namespace handlers: each validates a request against the current state,
+//! performs its under-store side effect (if any), and proposes one journal entry.
+//! They never write the metastore themselves: only apply does.
+//!
+//! Under-store consistency: a lookup of a path that is missing from the namespace
+//! but lies under a mount asks the under-store, and loads what it finds (as a
+//! journal entry like any other). Listing a directory under a mount loads the
+//! children the under-store has and the namespace lacks.
+
+use crate::journal::{
+    CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, Journal, LoadChildrenEntry,
+    MountEntry, MountRecord, Op, RenameEntry, UnmountEntry,
+};
+use crate::registry::Registry;
+use crate::store::{Applied, MetaStore};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use strata_common::ids::{block_count, BlockId, FileId, MAX_BLOCKS_PER_FILE};
+use strata_common::types::{
+    BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, UfsLocation,
+};
+use strata_common::{Error, Result, StrataPath};
+use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A path resolved as far as the namespace reaches.
+struct Resolved {
+    /// Inodes from the root down to the deepest existing component.
+    chain: Vec<Arc<InodeRecord>>,
+    /// Components below that, which do not exist.
+    missing: Vec<String>,
+}
+
+impl Resolved {
+    fn deepest(&self) -> &Arc<InodeRecord> {
+        // The chain always holds at least the root.
+        &self.chain[self.chain.len() - 1]
+    }
+
+    fn found(&self) -> Option<&Arc<InodeRecord>> {
+        self.missing.is_empty().then(|| self.deepest())
+    }
+}
+
+/// A path's mount: the record and the path below the mount root.
+struct MountHit {
+    record: MountRecord,
+    relative: String,
+}
+
+impl MountHit {
+    fn location(&self) -> Result<UfsLocation> {
+        UfsLocation::new(self.record.uri.clone(), &self.relative)
+    }
+
+    fn ufs_path(&self) -> Result<UfsPath> {
+        UfsPath::parse(&self.relative)
+    }
+
+    fn writable(&self, path: &StrataPath) -> Result<()> {
+        if self.record.read_only {
+            return Err(Error::NotPermitted {
+                path: path.to_string(),
+                reason: format!("mount {} is read-only", self.record.path),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Dependencies of a [`Namespace`].
+pub struct NamespaceDeps {
+    /// The metastore (read side).
+    pub store: Arc<MetaStore>,
+    /// Where entries go.
+    pub journal: Arc<dyn Journal>,
+    /// Block locations.
+    pub registry: Arc<Registry>,
+    /// Block size given to files found in an under-store.
+    pub default_block_size: u64,
+}
+
+/// The namespace service logic.
+pub struct Namespace {
+    store: Arc<MetaStore>,
+    journal: Arc<dyn Journal>,
+    registry: Arc<Registry>,
+    default_block_size: u64,
+    next_inode: AtomicU64,
+    next_mount: AtomicU64,
+    stores: StoreCache,
+}
+
+impl Namespace {
+    /// A namespace over the store's current state.
+    pub fn new(deps: NamespaceDeps) -> Result<Self> {
+        let next_inode = deps.store.last_inode_id()? + 1;
+        let next_mount = deps.store.last_mount_id()? + 1;
+        Ok(Namespace {
+            store: deps.store,
+            journal: deps.journal,
+            registry: deps.registry,
+            default_block_size: deps.default_block_size,
+            next_inode: AtomicU64::new(next_inode),
+            next_mount: AtomicU64::new(next_mount),
+            stores: StoreCache::default(),
+        })
+    }
+
+    fn new_id(&self) -> u64 {
+        self.next_inode.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn propose(&self, op: Op) -> Result<Applied> {
+        self.journal.propose(op.into()).await
+    }
+
+    fn under_store(&self, uri: &str) -> Result<Arc<dyn UnderStore>> {
+        self.stores.get(uri)
+    }
+
+    fn inode(&self, id: u64) -> Result<Arc<InodeRecord>> {
+        self.store
+            .get_inode(id)?
+            .ok_or_else(|| Error::internal(format!("inode {id} is referenced but missing")))
+    }
+
+    fn resolve(&self, path: &StrataPath) -> Result<Resolved> {
+        let root = self.inode(FileId::ROOT.0)?;
+        let mut chain = vec![root];
+        let names: Vec<&str> = path.components().collect();
+        for (i, name) in names.iter().enumerate() {
+            let cur = &chain[chain.len() - 1];
+            if !cur.is_dir {
+                return Err(Error::NotADirectory {
+                    path: prefix_path(&names[..i]),
+                });
+            }
+            match self.store.get_child(cur.id, name)? {
+                Some(id) => match self.store.get_inode(id)? {
+                    Some(rec) => chain.push(rec),
+                    None => {
+                        return Ok(Resolved {
+                            chain,
+                            missing: names[i..].iter().map(|s| s.to_string()).collect(),
+                        })
+                    }
+                },
+                None => {
+                    return Ok(Resolved {
+                        chain,
+                        missing: names[i..].iter().map(|s| s.to_string()).collect(),
+                    })
+                }
+            }
+        }
+        Ok(Resolved {
+            chain,
+            missing: Vec::new(),
+        })
+    }
+
+    fn mount_for(&self, path: &StrataPath) -> Option<MountHit> {
+        let mut best: Option<(usize, MountRecord, StrataPath)> = None;
+        for m in self.store.mounts() {
+            let Ok(mp) = StrataPath::parse(&m.path) else {
+                continue;
+            };
+            if path.starts_with(&mp) {
+                let depth = mp.depth();
+                if best.as_ref().is_none_or(|(d, _, _)| depth > *d) {
+                    best = Some((depth, m, mp));
+                }
+            }
+        }
+        best.map(|(_, record, mp)| MountHit {
+            relative: path.relative_to(&mp).unwrap_or_default(),
+            record,
+        })
+    }
+
+    fn mounts_below(&self, path: &StrataPath) -> Option<String> {
+        self.store.mounts().into_iter().map(|m| m.path).find(|p| {
+            StrataPath::parse(p)
+                .map(|mp| mp != *path && mp.starts_with(path))
+                .unwrap_or(false)
+        })
+    }
+
+    fn loaded_record(&self, parent_id: u64, st: &UfsStatus) -> InodeRecord {
+        InodeRecord {
+            id: self.new_id(),
+            parent_id,
+            name: st.name.clone(),
+            is_dir: st.is_dir,
+            mtime_ms: st.mtime_ms,
+            length: st.length,
+            block_size: if st.is_dir {
+                0
+            } else {
+                self.default_block_size
+            },
+            complete: !st.is_dir,
+            persisted: true,
+            mount_id: 0,
+        }
+    }
+
+    /// Resolves `path`, loading from the under-store what the namespace lacks.
+    async fn resolve_synced(&self, path: &StrataPath) -> Result<Resolved> {
+        let r = self.resolve(path)?;
+        if r.missing.is_empty() || !r.deepest().is_dir {
+            return Ok(r);
+        }
+        let Some(hit) = self.mount_for(path) else {
+            return Ok(r);
+        };
+        let ufs = self.under_store(&hit.record.uri)?;
+        let deepest_path = prefix_path(
+            &path
+                .components()
+                .take(r.chain.len() - 1)
+                .collect::<Vec<_>>(),
+        );
+        let deepest_path = StrataPath::parse(&deepest_path)?;
+        let mut parent_id = r.deepest().id;
+        let mut loaded: Vec<InodeRecord> = Vec::new();
+        let mut cur = deepest_path;
+        for name in &r.missing {
+            cur = cur.join(name)?;
+            let Some(rel) = cur.relative_to(&StrataPath::parse(&hit.record.path)?) else {
+                break;
+            };
+            let Some(st) = ufs.status(&UfsPath::parse(&rel)?).await? else {
+                break;
+            };
+            let rec = self.loaded_record(parent_id, &st);
+            parent_id = rec.id;
+            let is_dir = rec.is_dir;
+            loaded.push(rec);
+            if !is_dir {
+                break;
+            }
+        }
+        if loaded.is_empty() {
+            return Ok(r);
+        }
+        let entry = CreateEntry {
+            parent_id: r.deepest().id,
+            path: cur.to_string(),
+            inodes: loaded,
+        };
+        match self.propose(Op::Create(entry)).await {
+            // Loaded by a concurrent request meanwhile: what it loaded is as good.
+            Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.resolve(path)
+    }
+
+    /// The inode at `path`, loading it from the under-store if need be.
+    async fn lookup(&self, path: &StrataPath) -> Result<Arc<InodeRecord>> {
+        let r = self.resolve_synced(path).await?;
+        match r.found() {
+            Some(rec) => Ok(rec.clone()),
+            None if !r.deepest().is_dir => Err(Error::NotADirectory {
+                path: prefix_path(
+                    &path
+                        .components()
+                        .take(r.chain.len() - 1)
+                        .collect::<Vec<_>>(),
+                ),
+            }),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    fn info(&self, path: StrataPath, rec: &InodeRecord) -> Result<FileInfo> {
+        let cached_percent = if rec.is_dir || rec.length == 0 {
+            if rec.is_dir {
+                0
+            } else {
+                100
+            }
+        } else {
+            let n = block_count(rec.length, rec.block_size);
+            let ids = (0..n)
+                .map(|i| BlockId::new(FileId(rec.id), i))
+                .collect::<Result<Vec<_>>>()?;
+            let cached = self.registry.cached_count(ids.into_iter()) as u64;
+            (cached * 100 / n.max(1)) as u32
+        };
+        Ok(FileInfo {
+            id: FileId(rec.id),
+            path,
+            kind: if rec.is_dir {
+                FileKind::Directory
+            } else {
+                FileKind::File
+            },
+            length: rec.length,
+            block_size: rec.block_size,
+            complete: rec.complete,
+            persisted: rec.persisted,
+            mtime_ms: rec.mtime_ms,
+            mount_point: rec.mount_id != 0,
+            cached_percent,
+        })
+    }
+
+    /// The path of inode `id`, by walking up to the root.
+    pub fn path_of(&self, id: u64) -> Result<StrataPath> {
+        let mut names = Vec::new();
+        let mut cur = self.inode(id)?;
+        while cur.id != FileId::ROOT.0 {
+            names.push(cur.name.clone());
+            cur = self.inode(cur.parent_id)?;
+        }
+        names.reverse();
+        StrataPath::parse(&prefix_path(&names))
+    }
+
+    /// Whether block `b` belongs to a file that exists.
+    pub fn block_is_live(&self, b: BlockId) -> bool {
+        matches!(self.store.get_inode(b.file().0), Ok(Some(rec)) if !rec.is_dir)
+    }
+
+    /// Loads the children the under-store has and the namespace lacks.
+    async fn sync_children(&self, path: &StrataPath, dir: &InodeRecord) -> Result<()> {
+        let Some(hit) = self.mount_for(path) else {
+            return Ok(());
+        };
+        let ufs = self.under_store(&hit.record.uri)?;
+        let listed = match ufs.list(&hit.ufs_path()?).await {
+            Ok(v) => v,
+            // The directory exists only in Strata (written MUST_CACHE): nothing to load.
+            Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut children = Vec::new();
+        for st in &listed {
+            if self.store.get_child(dir.id, &st.name)?.is_none() {
+                children.push(self.loaded_record(dir.id, st));
+            }
+        }
+        if children.is_empty() {
+            return Ok(());
+        }
+        self.propose(Op::LoadChildren(LoadChildrenEntry {
+            parent_id: dir.id,
+            path: path.to_string(),
+            children,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Status of `path`.
+    pub async fn get_status(&self, path: &StrataPath) -> Result<FileInfo> {
+        let rec = self.lookup(path).await?;
+        self.info(path.clone(), &rec)
+    }
+
+    /// Entries of a directory (or the file itself), in name order.
+    pub async fn list(&self, path: &StrataPath) -> Result<Vec<FileInfo>> {
+        let rec = self.lookup(path).await?;
+        if !rec.is_dir {
+            return Ok(vec![self.info(path.clone(), &rec)?]);
+        }
+        self.sync_children(path, &rec).await?;
+        let mut out = Vec::new();
+        for (name, id) in self.store.list_children(rec.id)? {
+            if let Some(child) = self.store.get_inode(id)? {
+                out.push(self.info(path.join(&name)?, &child)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds the inodes for `missing` below `parent`; the last is `last`'s kind.
+    fn chain(
+        &self,
+        parent: u64,
+        missing: &[String],
+        dirs_persisted: bool,
+        t: i64,
+    ) -> Vec<InodeRecord> {
+        let mut out = Vec::new();
+        let mut p = parent;
+        for name in missing {
+            let rec = InodeRecord {
+                id: self.new_id(),
+                parent_id: p,
+                name: name.clone(),
+                is_dir: true,
+                mtime_ms: t,
+                persisted: dirs_persisted,
+                ..Default::default()
+            };
+            p = rec.id;
+            out.push(rec);
+        }
+        out
+    }
+
+    fn check_parent(&self, path: &StrataPath, r: &Resolved, recursive: bool) -> Result<()> {
+        if !r.deepest().is_dir {
+            return Err(Error::NotADirectory {
+                path: prefix_path(
+                    &path
+                        .components()
+                        .take(r.chain.len() - 1)
+                        .collect::<Vec<_>>(),
+                ),
+            });
+        }
+        if r.missing.len() > 1 && !recursive {
+            return Err(Error::NotFound {
+                path: path.parent().unwrap_or_else(StrataPath::root).to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a directory (and its missing parents when `recursive`).
+    pub async fn mkdir(&self, path: &StrataPath, recursive: bool) -> Result<FileInfo> {
+        let r = self.resolve_synced(path).await?;
+        if let Some(rec) = r.found() {
+            if rec.is_dir && recursive {
+                return self.info(path.clone(), rec);
+            }
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        self.check_parent(path, &r, recursive)?;
+        let persisted = match self.mount_for(path) {
+            Some(hit) => {
+                hit.writable(path)?;
+                let ufs = self.under_store(&hit.record.uri)?;
+                ufs.mkdirs(&hit.ufs_path()?).await?;
+                true
+            }
+            None => false,
+        };
+        let inodes = self.chain(r.deepest().id, &r.missing, persisted, now_ms());
+        self.propose(Op::Create(CreateEntry {
+            parent_id: r.deepest().id,
+            path: path.to_string(),
+            inodes,
+        }))
+        .await?;
+        self.get_status(path).await
+    }
+
+    /// Creates an incomplete file; returns it and, when the write type persists, its
+    /// under-store location.
+    pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
+        let path = &req.path;
+        if path.is_root() {
+            return Err(Error::AlreadyExists { path: "/".into() });
+        }
+        let r = self.resolve_synced(path).await?;
+        if r.found().is_some() {
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        self.check_parent(path, &r, req.recursive)?;
+        let hit = self.mount_for(path);
+        let ufs = match (&hit, req.write_type.persists()) {
+            (Some(hit), true) => {
+                hit.writable(path)?;
+                Some(hit.location()?)
+            }
+            (None, true) => {
+                return Err(Error::NotPermitted {
+                    path: path.to_string(),
+                    reason: format!(
+                        "not under a mount, so {} has nowhere to persist it (use MUST_CACHE)",
+                        req.write_type
+                    ),
+                })
+            }
+            (_, false) => None,
+        };
+        let t = now_ms();
+        let missing = &r.missing;
+        let mut inodes = self.chain(
+            r.deepest().id,
+            &missing[..missing.len() - 1],
+            ufs.is_some(),
+            t,
+        );
+        inodes.push(InodeRecord {
+            id: self.new_id(),
+            parent_id: inodes.last().map(|d| d.id).unwrap_or(r.deepest().id),
+            name: missing[missing.len() - 1].clone(),
+            is_dir: false,
+            mtime_ms: t,
+            block_size: req.block_size,
+            ..Default::default()
+        });
+        let file = inodes[inodes.len() - 1].clone();
+        self.propose(Op::Create(CreateEntry {
+            parent_id: r.deepest().id,
+            path: path.to_string(),
+            inodes,
+        }))
+        .await?;
+        Ok((self.info(path.clone(), &file)?, ufs))
+    }
+
+    /// Seals a file written by a client.
+    pub async fn complete_file(
+        &self,
+        id: FileId,
+        length: u64,
+        persisted: bool,
+    ) -> Result<FileInfo> {
+        let rec = self.store.get_inode(id.0)?.ok_or_else(|| Error::NotFound {
+            path: format!("file id {id}"),
+        })?;
+        let path = self.path_of(id.0)?;
+        if rec.is_dir {
+            return Err(Error::IsADirectory {
+                path: path.to_string(),
+            });
+        }
+        if block_count(length, rec.block_size) > MAX_BLOCKS_PER_FILE {
+            return Err(Error::invalid_argument(
+                "length",
+                "too many blocks for one file",
+            ));
+        }
+        self.propose(Op::CompleteFile(CompleteFileEntry {
+            id: id.0,
+            path: path.to_string(),
+            length,
+            persisted,
+            mtime_ms: now_ms(),
+        }))
+        .await?;
+        self.get_status(&path).await
+    }
+
+    /// Deletes a file or directory, in the under-store too when it is persisted.
+    pub async fn delete(&self, path: &StrataPath, recursive: bool) -> Result<()> {
+        if path.is_root() {
+            return Err(Error::NotPermitted {
+                path: "/".into(),
+                reason: "the root cannot be deleted".into(),
+            });
+        }
+        let rec = self.lookup(path).await?;
+        if rec.mount_id != 0 {
+            return Err(Error::NotPermitted {
+                path: path.to_string(),
+                reason: "is a mount point; unmount it instead".into(),
+            });
+        }
+        if rec.is_dir {
+            if let Some(m) = self.mounts_below(path) {
+                return Err(Error::NotPermitted {
+                    path: path.to_string(),
+                    reason: format!("contains the mount point {m}; unmount it first"),
+                });
+            }
+            self.sync_children(path, &rec).await?;
+            if !recursive && !self.store.list_children(rec.id)?.is_empty() {
+                return Err(Error::DirectoryNotEmpty {
+                    path: path.to_string(),
+                });
+            }
+        }
+        if let Some(hit) = self.mount_for(path) {
+            if rec.is_dir || rec.persisted {
+                hit.writable(path)?;
+                let ufs = self.under_store(&hit.record.uri)?;
+                ufs.delete(&hit.ufs_path()?, recursive).await?;
+            }
+        }
+        let applied = self
+            .propose(Op::Delete(DeleteEntry {
+                parent_id: rec.parent_id,
+                name: rec.name.clone(),
+                id: rec.id,
+                path: path.to_string(),
+                recursive,
+                mtime_ms: now_ms(),
+            }))
+            .await?;
+        self.registry.drop_files(&applied.removed_files);
+        Ok(())
+    }
+
+    /// Renames `src` to `dst` (which must not exist), in the under-store too.
+    pub async fn rename(&self, src: &StrataPath, dst: &StrataPath) -> Result<()> {
+        if src.is_root() || dst.is_root() {
+            return Err(Error::NotPermitted {
+                path: "/".into(),
+                reason: "the root cannot be renamed or replaced".into(),
+            });
+        }
+        let rec = self.lookup(src).await?;
+        if src == dst {
+            return Ok(());
+        }
+        if dst.starts_with(src) {
+            return Err(Error::NotPermitted {
+                path: dst.to_string(),
+                reason: format!("cannot move {src} into its own subtree"),
+            });
+        }
+        if rec.mount_id != 0 {
+            return Err(Error::NotPermitted {
+                path: src.to_string(),
+                reason: "is a mount point; mount points cannot be renamed".into(),
+            });
+        }
+        if let Some(m) = self.mounts_below(src) {
+            return Err(Error::NotPermitted {
+                path: src.to_string(),
+                reason: format!("contains the mount point {m}"),
+            });
+        }
+        let rd = self.resolve_synced(dst).await?;
+        if rd.found().is_some() {
+            return Err(Error::AlreadyExists {
+                path: dst.to_string(),
+            });
+        }
+        self.check_parent(dst, &rd, false)?;
+        let (src_hit, dst_hit) = (self.mount_for(src), self.mount_for(dst));
+        match (&src_hit, &dst_hit) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a.record.mount_id == b.record.mount_id => {
+                a.writable(src)?;
+                let ufs = self.under_store(&a.record.uri)?;
+                let from = a.ufs_path()?;
+                if ufs.status(&from).await?.is_some() {
+                    ufs.rename(&from, &b.ufs_path()?).await?;
+                }
+            }
+            _ => {
+                return Err(Error::NotPermitted {
+                    path: dst.to_string(),
+                    reason: format!("cannot rename {src} across mounts"),
+                })
+            }
+        }
+        self.propose(Op::Rename(RenameEntry {
+            id: rec.id,
+            src_parent: rec.parent_id,
+            src_name: rec.name.clone(),
+            dst_parent: rd.deepest().id,
+            dst_name: dst.name().unwrap_or_default().to_string(),
+            src_path: src.to_string(),
+            dst_path: dst.to_string(),
+            mtime_ms: now_ms(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Mounts the under-store `uri` at `path`, which must not exist yet.
+    pub async fn mount(&self, path: &StrataPath, uri: &str, read_only: bool) -> Result<()> {
+        let r = self.resolve_synced(path).await?;
+        if r.found().is_some() {
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        self.check_parent(path, &r, false)?;
+        if let Some(hit) = self.mount_for(path) {
+            if hit.record.inode_id != FileId::ROOT.0 {
+                return Err(Error::NotPermitted {
+                    path: path.to_string(),
+                    reason: format!(
+                        "lies inside the mount {}; mounts cannot nest",
+                        hit.record.path
+                    ),
+                });
+            }
+        }
+        let ufs = self.stores.get(uri)?;
+        for m in self.store.mounts() {
+            if uris_overlap(&m.uri, ufs.uri()) {
+                return Err(Error::NotPermitted {
+                    path: path.to_string(),
+                    reason: format!("{uri} overlaps the mount {} ({})", m.path, m.uri),
+                });
+            }
+        }
+        self.propose_mount(r.deepest().id, path, uri, read_only)
+            .await
+    }
+
+    async fn propose_mount(
+        &self,
+        parent_id: u64,
+        path: &StrataPath,
+        uri: &str,
+        read_only: bool,
+    ) -> Result<()> {
+        let mount_id = self.next_mount.fetch_add(1, Ordering::Relaxed);
+        let inode_id = if path.is_root() {
+            FileId::ROOT.0
+        } else {
+            self.new_id()
+        };
+        self.propose(Op::Mount(MountEntry {
+            parent_id,
+            inode: Some(InodeRecord {
+                id: inode_id,
+                parent_id,
+                name: path.name().unwrap_or_default().to_string(),
+                is_dir: true,
+                mtime_ms: now_ms(),
+                persisted: true,
+                mount_id,
+                ..Default::default()
+            }),
+            mount: Some(MountRecord {
+                mount_id,
+                inode_id,
+                path: path.to_string(),
+                uri: uri.to_string(),
+                read_only,
+            }),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Mounts `uri` at `/` if nothing is mounted there yet (first start).
+    pub async fn ensure_root_mount(&self, uri: &str) -> Result<()> {
+        if uri.is_empty() {
+            return Ok(());
+        }
+        if let Some(m) = self.store.mounts().into_iter().find(|m| m.path == "/") {
+            if m.uri != uri {
+                tracing::warn!(
+                    mounted = %m.uri,
+                    configured = uri,
+                    "root is already mounted; keeping the journaled mount"
+                );
+            }
+            return Ok(());
+        }
+        strata_ufs::open(uri)?;
+        self.propose_mount(0, &StrataPath::root(), uri, false).await
+    }
+
+    /// Removes the mount at `path` and its namespace (the under-store is untouched).
+    pub async fn unmount(&self, path: &StrataPath) -> Result<()> {
+        if path.is_root() {
+            return Err(Error::NotPermitted {
+                path: "/".into(),
+                reason: "the root mount cannot be unmounted".into(),
+            });
+        }
+        let r = self.resolve(path)?;
+        let Some(rec) = r.found() else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        if rec.mount_id == 0 {
+            return Err(Error::NotAMountPoint {
+                path: path.to_string(),
+            });
+        }
+        let applied = self
+            .propose(Op::Unmount(UnmountEntry {
+                mount_id: rec.mount_id,
+                path: path.to_string(),
+            }))
+            .await?;
+        self.registry.drop_files(&applied.removed_files);
+        Ok(())
+    }
+
+    /// The mount table.
+    pub fn mount_table(&self) -> Vec<MountPointInfo> {
+        self.store
+            .mounts()
+            .into_iter()
+            .filter_map(|m| {
+                Some(MountPointInfo {
+                    path: StrataPath::parse(&m.path).ok()?,
+                    uri: m.uri,
+                    read_only: m.read_only,
+                    mount_id: m.mount_id,
+                })
+            })
+            .collect()
+    }
+
+    /// A complete file's blocks, their locations, and its under-store copy.
+    pub async fn file_blocks(&self, path: &StrataPath) -> Result<FileBlocks> {
+        let rec = self.lookup(path).await?;
+        if rec.is_dir {
+            return Err(Error::IsADirectory {
+                path: path.to_string(),
+            });
+        }
+        if !rec.complete {
+            return Err(Error::FileIncomplete {
+                path: path.to_string(),
+            });
+        }
+        let n = block_count(rec.length, rec.block_size);
+        let mut blocks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let block_id = BlockId::new(FileId(rec.id), i)?;
+            let offset = i * rec.block_size;
+            blocks.push(BlockLocation {
+                block_id,
+                offset,
+                length: (rec.length - offset).min(rec.block_size),
+                workers: self.registry.locations(block_id),
+            });
+        }
+        let ufs = match (rec.persisted, self.mount_for(path)) {
+            (true, Some(hit)) => Some(hit.location()?),
+            _ => None,
+        };
+        Ok(FileBlocks {
+            info: self.info(path.clone(), &rec)?,
+            blocks,
+            ufs,
+        })
+    }
+
+    /// Drops cached copies of the file at `path`, or of every file below it.
+    pub async fn free(&self, path: &StrataPath) -> Result<u64> {
+        let rec = self.lookup(path).await?;
+        let mut files = Vec::new();
+        let mut stack = vec![(path.clone(), rec)];
+        while let Some((p, cur)) = stack.pop() {
+            if cur.is_dir {
+                for (name, id) in self.store.list_children(cur.id)? {
+                    if let Some(child) = self.store.get_inode(id)? {
+                        stack.push((p.join(&name)?, child));
+                    }
+                }
+            } else {
+                if !cur.persisted {
+                    return Err(Error::NotPermitted {
+                        path: p.to_string(),
+                        reason:
+                            "is not persisted in an under-store; freeing it would lose its data"
+                                .into(),
+                    });
+                }
+                files.push(FileId(cur.id));
+            }
+        }
+        Ok(self.registry.drop_files(&files) as u64)
+    }
+}
+
+fn prefix_path<S: AsRef<str>>(names: &[S]) -> String {
+    let mut s = String::new();
+    for n in names {
+        s.push('/');
+        s.push_str(n.as_ref());
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+/// Whether one URI's folder contains the other's.
+fn uris_overlap(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        let s = u.strip_prefix("file://").unwrap_or(u).trim_end_matches('/');
+        format!("{s}/")
+    };
+    let (a, b) = (norm(a), norm(b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_uris() {
+        assert!(uris_overlap("file:///a/b", "/a/b/c"));
+        assert!(uris_overlap("file:///a/b/", "file:///a/b"));
+        assert!(!uris_overlap("file:///a/b", "file:///a/bc"));
+        assert_eq!(prefix_path::<&str>(&[]), "/");
+        assert_eq!(prefix_path(&["a", "b"]), "/a/b");
+    }
+}

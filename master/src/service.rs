@@ -1,0 +1,239 @@
+//! gRPC edge of the master: converts requests into validated domain types, calls the
+//! namespace or the registry, and converts the answers back. No logic lives here.
+
+use crate::namespace::Namespace;
+use crate::registry::{Registration, Registry};
+use std::sync::Arc;
+use strata_common::ids::{BlockId, FileId, WorkerId};
+use strata_common::proto::{
+    self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
+};
+use strata_common::types::{parse_path, CreateFile};
+use strata_common::Error;
+use tonic::{Request, Response, Status};
+
+type Answer<T> = Result<Response<T>, Status>;
+
+/// The client-facing namespace service.
+pub struct FileSystemService {
+    pub(crate) ns: Arc<Namespace>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// The worker-facing block service.
+pub struct BlockService {
+    pub(crate) ns: Arc<Namespace>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+fn ok<T>(v: T) -> Answer<T> {
+    Ok(Response::new(v))
+}
+
+#[tonic::async_trait]
+impl FileSystemMaster for FileSystemService {
+    async fn get_status(
+        &self,
+        req: Request<proto::GetStatusRequest>,
+    ) -> Answer<proto::GetStatusResponse> {
+        let path = parse_path(&req.into_inner().path)?;
+        let info = self.ns.get_status(&path).await?;
+        ok(proto::GetStatusResponse {
+            info: Some(info.into()),
+        })
+    }
+
+    async fn list_status(
+        &self,
+        req: Request<proto::ListStatusRequest>,
+    ) -> Answer<proto::ListStatusResponse> {
+        let path = parse_path(&req.into_inner().path)?;
+        let entries = self.ns.list(&path).await?;
+        ok(proto::ListStatusResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn create_directory(
+        &self,
+        req: Request<proto::CreateDirectoryRequest>,
+    ) -> Answer<proto::CreateDirectoryResponse> {
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        let info = self.ns.mkdir(&path, req.recursive).await?;
+        ok(proto::CreateDirectoryResponse {
+            info: Some(info.into()),
+        })
+    }
+
+    async fn create_file(
+        &self,
+        req: Request<proto::CreateFileRequest>,
+    ) -> Answer<proto::CreateFileResponse> {
+        let req = CreateFile::try_from(req.into_inner())?;
+        let (info, ufs) = self.ns.create_file(&req).await?;
+        ok(proto::CreateFileResponse {
+            info: Some(info.into()),
+            ufs: ufs.map(Into::into),
+        })
+    }
+
+    async fn complete_file(
+        &self,
+        req: Request<proto::CompleteFileRequest>,
+    ) -> Answer<proto::CompleteFileResponse> {
+        let req = req.into_inner();
+        let info = self
+            .ns
+            .complete_file(FileId(req.file_id), req.length, req.persisted)
+            .await?;
+        ok(proto::CompleteFileResponse {
+            info: Some(info.into()),
+        })
+    }
+
+    async fn delete(&self, req: Request<proto::DeleteRequest>) -> Answer<proto::DeleteResponse> {
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        self.ns.delete(&path, req.recursive).await?;
+        ok(proto::DeleteResponse {})
+    }
+
+    async fn rename(&self, req: Request<proto::RenameRequest>) -> Answer<proto::RenameResponse> {
+        let req = req.into_inner();
+        let (src, dst) = (parse_path(&req.src)?, parse_path(&req.dst)?);
+        self.ns.rename(&src, &dst).await?;
+        ok(proto::RenameResponse {})
+    }
+
+    async fn mount(&self, req: Request<proto::MountRequest>) -> Answer<proto::MountResponse> {
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        if req.uri.is_empty() {
+            return Err(Error::invalid_argument("uri", "missing").into());
+        }
+        self.ns.mount(&path, &req.uri, req.read_only).await?;
+        ok(proto::MountResponse {})
+    }
+
+    async fn unmount(&self, req: Request<proto::UnmountRequest>) -> Answer<proto::UnmountResponse> {
+        let path = parse_path(&req.into_inner().path)?;
+        self.ns.unmount(&path).await?;
+        ok(proto::UnmountResponse {})
+    }
+
+    async fn get_mount_table(
+        &self,
+        _req: Request<proto::GetMountTableRequest>,
+    ) -> Answer<proto::GetMountTableResponse> {
+        ok(proto::GetMountTableResponse {
+            mounts: self.ns.mount_table().into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn get_file_blocks(
+        &self,
+        req: Request<proto::GetFileBlocksRequest>,
+    ) -> Answer<proto::GetFileBlocksResponse> {
+        let path = parse_path(&req.into_inner().path)?;
+        ok(self.ns.file_blocks(&path).await?.into())
+    }
+
+    async fn free(&self, req: Request<proto::FreeRequest>) -> Answer<proto::FreeResponse> {
+        let path = parse_path(&req.into_inner().path)?;
+        let blocks_freed = self.ns.free(&path).await?;
+        ok(proto::FreeResponse { blocks_freed })
+    }
+
+    async fn get_workers(
+        &self,
+        _req: Request<proto::GetWorkersRequest>,
+    ) -> Answer<proto::GetWorkersResponse> {
+        let workers = self
+            .registry
+            .workers()
+            .into_iter()
+            .map(|w| proto::WorkerInfo {
+                capacity_bytes: w.capacity_bytes,
+                used_bytes: w.used_bytes,
+                block_count: w.blocks.len() as u64,
+                last_heartbeat_ms_ago: w.last_seen.elapsed().as_millis() as u64,
+                address: Some(w.address.into()),
+            })
+            .collect();
+        ok(proto::GetWorkersResponse { workers })
+    }
+}
+
+#[tonic::async_trait]
+impl BlockMaster for BlockService {
+    async fn register_worker(
+        &self,
+        req: Request<proto::RegisterWorkerRequest>,
+    ) -> Answer<proto::RegisterWorkerResponse> {
+        let req = req.into_inner();
+        if req.rpc_address.is_empty() {
+            return Err(Error::invalid_argument("rpc_address", "missing").into());
+        }
+        let reg = Registration {
+            host: req.host,
+            rpc_address: req.rpc_address,
+            capacity_bytes: req.capacity_bytes,
+            used_bytes: req.used_bytes,
+            blocks: req.blocks.into_iter().map(BlockId).collect(),
+        };
+        let addr = reg.rpc_address.clone();
+        let n = reg.blocks.len();
+        let id = self.registry.register(reg, |b| self.ns.block_is_live(b));
+        tracing::info!(worker = %id, address = %addr, blocks = n, "worker registered");
+        ok(proto::RegisterWorkerResponse { worker_id: id.0 })
+    }
+
+    async fn worker_heartbeat(
+        &self,
+        req: Request<proto::WorkerHeartbeatRequest>,
+    ) -> Answer<proto::WorkerHeartbeatResponse> {
+        let req = req.into_inner();
+        let added: Vec<BlockId> = req.added_blocks.into_iter().map(BlockId).collect();
+        let removed: Vec<BlockId> = req.removed_blocks.into_iter().map(BlockId).collect();
+        let answer = self.registry.heartbeat(
+            WorkerId(req.worker_id),
+            req.used_bytes,
+            &added,
+            &removed,
+            |b| self.ns.block_is_live(b),
+        );
+        ok(match answer {
+            Some(remove) => proto::WorkerHeartbeatResponse {
+                register_again: false,
+                remove_blocks: remove.into_iter().map(|b| b.0).collect(),
+            },
+            None => proto::WorkerHeartbeatResponse {
+                register_again: true,
+                remove_blocks: Vec::new(),
+            },
+        })
+    }
+
+    async fn commit_block(
+        &self,
+        req: Request<proto::CommitBlockRequest>,
+    ) -> Answer<proto::CommitBlockResponse> {
+        let req = req.into_inner();
+        let block = BlockId(req.block_id);
+        if !self.ns.block_is_live(block) {
+            return Err(Error::NotFound {
+                path: format!("file id {} of block {block}", block.file()),
+            }
+            .into());
+        }
+        if !self.registry.commit(WorkerId(req.worker_id), block) {
+            return Err(Error::unavailable(format!(
+                "worker {} is not registered with this master",
+                req.worker_id
+            ))
+            .into());
+        }
+        ok(proto::CommitBlockResponse {})
+    }
+}

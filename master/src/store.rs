@@ -1,0 +1,922 @@
+//! The metastore: namespace state in RocksDB, with a bounded cache in front.
+//!
+//! Column families (all keys big-endian so RocksDB's order is numeric order):
+//! - `inodes`:   inode id → [`InodeRecord`]
+//! - `edges`:    parent id ‖ name → child id
+//! - `blocks`:   block id → block length (written when a file completes)
+//! - `mounts`:   mount id → [`MountRecord`]
+//! - `meta`:     `applied_index`, `last_inode_id`, `last_mount_id` → u64
+//!
+//! Invariants: the only writer is [`MetaStore::apply`], and each apply is one
+//! `WriteBatch` holding the entry's effects and its index, so a crash never leaves
+//! half an entry. Apply is deterministic: it reads only the store and the entry.
+//! Readers may run concurrently with apply; the cache stays coherent through a
+//! generation counter (see [`MetaStore::get_inode`]).
+
+use crate::journal::{
+    CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, JournalEntry, LoadChildrenEntry,
+    MountEntry, MountRecord, Op, RenameEntry, UnmountEntry,
+};
+use moka::sync::Cache;
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use strata_common::ids::{block_count, BlockId, FileId};
+use strata_common::{Error, Result};
+
+const CF_INODES: &str = "inodes";
+const CF_EDGES: &str = "edges";
+const CF_BLOCKS: &str = "blocks";
+const CF_MOUNTS: &str = "mounts";
+const CF_META: &str = "meta";
+const ALL_CFS: [&str; 5] = [CF_INODES, CF_EDGES, CF_BLOCKS, CF_MOUNTS, CF_META];
+
+const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
+const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
+const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
+
+/// What an applied entry changed that soft state outside the store must follow.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Files removed by a delete or unmount: their cached blocks must leave the workers.
+    pub removed_files: Vec<FileId>,
+}
+
+/// Whether an apply error is the store failing (fatal), rather than a deterministic
+/// conflict between the entry and the state.
+pub fn is_storage_failure(e: &Error) -> bool {
+    matches!(e, Error::Internal { .. })
+}
+
+fn storage(e: rocksdb::Error) -> Error {
+    Error::internal(format!("metastore: {e}"))
+}
+
+fn edge_key(parent: u64, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn u64_of(bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::internal("metastore: corrupt u64 value"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// RocksDB-backed namespace state.
+pub struct MetaStore {
+    db: DB,
+    inode_cache: Cache<u64, Arc<InodeRecord>>,
+    edge_cache: Cache<(u64, String), u64>,
+    generation: AtomicU64,
+    mounts: RwLock<Vec<MountRecord>>,
+}
+
+impl MetaStore {
+    /// Opens (creating if needed) the metastore in `dir`; the cache holds up to
+    /// `cache_entries` inodes and as many directory entries.
+    pub fn open(dir: &Path, cache_entries: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            Error::unavailable(format!("cannot open metastore {}: {e}", dir.display()))
+        })?;
+        let store = MetaStore {
+            db,
+            inode_cache: Cache::new(cache_entries),
+            edge_cache: Cache::new(cache_entries),
+            generation: AtomicU64::new(0),
+            mounts: RwLock::new(Vec::new()),
+        };
+        store.ensure_root()?;
+        store.reload_mounts()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::internal(format!("metastore: column family {name} missing")))
+    }
+
+    /// The root inode exists from the first open on, identical on every replica.
+    fn ensure_root(&self) -> Result<()> {
+        if self.load_inode(FileId::ROOT.0)?.is_some() {
+            return Ok(());
+        }
+        let root = InodeRecord {
+            id: FileId::ROOT.0,
+            parent_id: 0,
+            name: String::new(),
+            is_dir: true,
+            ..Default::default()
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_INODES)?,
+            FileId::ROOT.0.to_be_bytes(),
+            root.encode_to_vec(),
+        );
+        batch.put_cf(
+            self.cf(CF_META)?,
+            KEY_LAST_INODE_ID,
+            FileId::ROOT.0.to_be_bytes(),
+        );
+        self.db.write(batch).map_err(storage)
+    }
+
+    fn reload_mounts(&self) -> Result<()> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MOUNTS)?, IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(storage)?;
+            out.push(
+                MountRecord::decode(&*v)
+                    .map_err(|e| Error::internal(format!("corrupt mount: {e}")))?,
+            );
+        }
+        *self.mounts.write().unwrap_or_else(|p| p.into_inner()) = out;
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<u64> {
+        match self.db.get_cf(self.cf(CF_META)?, key).map_err(storage)? {
+            Some(v) => u64_of(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> Result<u64> {
+        self.get_meta(KEY_APPLIED_INDEX)
+    }
+
+    /// Largest inode id any applied entry used.
+    pub fn last_inode_id(&self) -> Result<u64> {
+        self.get_meta(KEY_LAST_INODE_ID)
+    }
+
+    /// Largest mount id any applied entry used.
+    pub fn last_mount_id(&self) -> Result<u64> {
+        self.get_meta(KEY_LAST_MOUNT_ID)
+    }
+
+    /// The mount table.
+    pub fn mounts(&self) -> Vec<MountRecord> {
+        self.mounts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn load_inode(&self, id: u64) -> Result<Option<InodeRecord>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_INODES)?, id.to_be_bytes())
+            .map_err(storage)?
+        {
+            Some(v) => {
+                Ok(Some(InodeRecord::decode(&*v).map_err(|e| {
+                    Error::internal(format!("corrupt inode {id}: {e}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The inode `id`, through the cache.
+    ///
+    /// Coherence with apply: a reader notes the generation, reads RocksDB, inserts,
+    /// then re-checks the generation and drops its insert if an apply ran meanwhile.
+    /// Apply bumps the generation before it invalidates, so a stale insert is removed
+    /// either by the reader's re-check or by apply's invalidation.
+    pub fn get_inode(&self, id: u64) -> Result<Option<Arc<InodeRecord>>> {
+        if let Some(v) = self.inode_cache.get(&id) {
+            return Ok(Some(v));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(rec) = self.load_inode(id)? else {
+            return Ok(None);
+        };
+        let rec = Arc::new(rec);
+        self.inode_cache.insert(id, rec.clone());
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.inode_cache.invalidate(&id);
+        }
+        Ok(Some(rec))
+    }
+
+    /// The child called `name` of directory `parent`, through the cache.
+    pub fn get_child(&self, parent: u64, name: &str) -> Result<Option<u64>> {
+        let key = (parent, name.to_string());
+        if let Some(v) = self.edge_cache.get(&key) {
+            return Ok(Some(v));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let found = self
+            .db
+            .get_pinned_cf(self.cf(CF_EDGES)?, edge_key(parent, name))
+            .map_err(storage)?;
+        let Some(v) = found else {
+            return Ok(None);
+        };
+        let child = u64_of(&v)?;
+        self.edge_cache.insert(key.clone(), child);
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.edge_cache.invalidate(&key);
+        }
+        Ok(Some(child))
+    }
+
+    /// Children of `parent` as `(name, id)`, in name order.
+    pub fn list_children(&self, parent: u64) -> Result<Vec<(String, u64)>> {
+        let prefix = parent.to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_EDGES)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let name = String::from_utf8(k[8..].to_vec())
+                .map_err(|_| Error::internal("metastore: corrupt edge name"))?;
+            out.push((name, u64_of(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn has_children(&self, parent: u64) -> Result<bool> {
+        let prefix = parent.to_be_bytes();
+        let mut iter = self.db.iterator_cf(
+            self.cf(CF_EDGES)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        match iter.next() {
+            Some(item) => Ok(item.map_err(storage)?.0.starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
+    /// Every key and value of every column family, in order: two stores that applied
+    /// the same entries produce equal dumps.
+    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for cf in ALL_CFS {
+            for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
+                let (k, v) = item.map_err(storage)?;
+                out.push((cf.to_string(), k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies entry number `index`: all its effects and the index in one batch.
+    ///
+    /// A conflict with the current state (the name taken, the parent gone) is a
+    /// deterministic `Err` and the index is still recorded; `Err(Internal)` means the
+    /// store itself failed and nothing was written.
+    pub fn apply(&self, index: u64, entry: &JournalEntry) -> Result<Applied> {
+        let mut tx = Tx::new(self);
+        let outcome = match &entry.op {
+            Some(Op::Create(e)) => tx.create(e),
+            Some(Op::LoadChildren(e)) => tx.load_children(e),
+            Some(Op::CompleteFile(e)) => tx.complete_file(e),
+            Some(Op::Delete(e)) => tx.delete(e),
+            Some(Op::Rename(e)) => tx.rename(e),
+            Some(Op::Mount(e)) => tx.mount(e),
+            Some(Op::Unmount(e)) => tx.unmount(e),
+            None => Err(Error::invalid_argument("journal entry", "empty")),
+        };
+        let Tx {
+            batch,
+            touched_inodes,
+            touched_edges,
+            mounts_changed,
+            ..
+        } = match outcome {
+            Ok(_) => tx,
+            Err(ref e) if is_storage_failure(e) => return outcome,
+            Err(_) => Tx::new(self), // a conflict writes nothing but the index
+        };
+        let mut batch = batch;
+        batch.put_cf(self.cf(CF_META)?, KEY_APPLIED_INDEX, index.to_be_bytes());
+        self.db.write(batch).map_err(storage)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for id in touched_inodes.keys() {
+            self.inode_cache.invalidate(id);
+        }
+        for key in touched_edges.keys() {
+            self.edge_cache.invalidate(key);
+        }
+        if mounts_changed {
+            self.reload_mounts()?;
+        }
+        outcome
+    }
+}
+
+/// One apply in progress: reads see its own pending writes.
+struct Tx<'a> {
+    store: &'a MetaStore,
+    batch: WriteBatch,
+    touched_inodes: HashMap<u64, Option<InodeRecord>>,
+    touched_edges: HashMap<(u64, String), Option<u64>>,
+    meta: HashMap<&'static [u8], u64>,
+    mounts_changed: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn new(store: &'a MetaStore) -> Self {
+        Tx {
+            store,
+            batch: WriteBatch::default(),
+            touched_inodes: HashMap::new(),
+            touched_edges: HashMap::new(),
+            meta: HashMap::new(),
+            mounts_changed: false,
+        }
+    }
+
+    fn inode(&self, id: u64) -> Result<Option<InodeRecord>> {
+        match self.touched_inodes.get(&id) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.load_inode(id),
+        }
+    }
+
+    fn child(&self, parent: u64, name: &str) -> Result<Option<u64>> {
+        match self.touched_edges.get(&(parent, name.to_string())) {
+            Some(v) => Ok(*v),
+            None => {
+                let v = self
+                    .store
+                    .db
+                    .get_pinned_cf(self.store.cf(CF_EDGES)?, edge_key(parent, name))
+                    .map_err(storage)?;
+                v.map(|v| u64_of(&v)).transpose()
+            }
+        }
+    }
+
+    fn children(&self, parent: u64) -> Result<Vec<(String, u64)>> {
+        let mut kids: std::collections::BTreeMap<String, u64> =
+            self.store.list_children(parent)?.into_iter().collect();
+        for ((p, name), v) in &self.touched_edges {
+            if *p == parent {
+                match v {
+                    Some(id) => kids.insert(name.clone(), *id),
+                    None => kids.remove(name),
+                };
+            }
+        }
+        Ok(kids.into_iter().collect())
+    }
+
+    fn put_inode(&mut self, rec: InodeRecord) -> Result<()> {
+        self.batch.put_cf(
+            self.store.cf(CF_INODES)?,
+            rec.id.to_be_bytes(),
+            rec.encode_to_vec(),
+        );
+        let id = rec.id;
+        self.touched_inodes.insert(id, Some(rec));
+        self.bump_meta(KEY_LAST_INODE_ID, id)
+    }
+
+    fn delete_inode(&mut self, id: u64) -> Result<()> {
+        self.batch
+            .delete_cf(self.store.cf(CF_INODES)?, id.to_be_bytes());
+        self.touched_inodes.insert(id, None);
+        Ok(())
+    }
+
+    fn put_edge(&mut self, parent: u64, name: &str, child: u64) -> Result<()> {
+        self.batch.put_cf(
+            self.store.cf(CF_EDGES)?,
+            edge_key(parent, name),
+            child.to_be_bytes(),
+        );
+        self.touched_edges
+            .insert((parent, name.to_string()), Some(child));
+        Ok(())
+    }
+
+    fn delete_edge(&mut self, parent: u64, name: &str) -> Result<()> {
+        self.batch
+            .delete_cf(self.store.cf(CF_EDGES)?, edge_key(parent, name));
+        self.touched_edges.insert((parent, name.to_string()), None);
+        Ok(())
+    }
+
+    fn bump_meta(&mut self, key: &'static [u8], value: u64) -> Result<()> {
+        let current = match self.meta.get(key) {
+            Some(v) => *v,
+            None => self.store.get_meta(key)?,
+        };
+        if value > current {
+            self.meta.insert(key, value);
+            self.batch
+                .put_cf(self.store.cf(CF_META)?, key, value.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    fn touch_dir(&mut self, id: u64, mtime_ms: i64) -> Result<()> {
+        if let Some(mut dir) = self.inode(id)? {
+            if dir.mtime_ms < mtime_ms {
+                dir.mtime_ms = mtime_ms;
+                self.put_inode(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory `id`, or the error a missing or non-directory parent gives.
+    fn existing_dir(&self, id: u64, path: &str) -> Result<InodeRecord> {
+        let parent_path = parent_of(path);
+        match self.inode(id)? {
+            Some(d) if d.is_dir => Ok(d),
+            Some(_) => Err(Error::NotADirectory { path: parent_path }),
+            None => Err(Error::NotFound { path: parent_path }),
+        }
+    }
+
+    fn create(&mut self, e: &CreateEntry) -> Result<Applied> {
+        self.existing_dir(e.parent_id, &e.path)?;
+        let first = e
+            .inodes
+            .first()
+            .ok_or_else(|| Error::invalid_argument("journal entry", "create with no inode"))?;
+        if self.child(e.parent_id, &first.name)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: e.path.clone(),
+            });
+        }
+        let mut parent = e.parent_id;
+        for rec in &e.inodes {
+            if rec.parent_id != parent {
+                return Err(Error::invalid_argument(
+                    "journal entry",
+                    "create chain is broken",
+                ));
+            }
+            if self.inode(rec.id)?.is_some() {
+                return Err(Error::internal(format!("inode id {} reused", rec.id)));
+            }
+            self.put_edge(parent, &rec.name, rec.id)?;
+            self.put_inode(rec.clone())?;
+            parent = rec.id;
+        }
+        self.touch_dir(e.parent_id, first.mtime_ms)?;
+        Ok(Applied::default())
+    }
+
+    fn load_children(&mut self, e: &LoadChildrenEntry) -> Result<Applied> {
+        self.existing_dir(e.parent_id, &format!("{}/", e.path))?;
+        for rec in &e.children {
+            if rec.parent_id != e.parent_id {
+                return Err(Error::invalid_argument(
+                    "journal entry",
+                    "child of another parent",
+                ));
+            }
+            if self.child(e.parent_id, &rec.name)?.is_some() {
+                continue; // created or loaded meanwhile
+            }
+            if self.inode(rec.id)?.is_some() {
+                return Err(Error::internal(format!("inode id {} reused", rec.id)));
+            }
+            self.put_edge(e.parent_id, &rec.name, rec.id)?;
+            self.put_inode(rec.clone())?;
+        }
+        Ok(Applied::default())
+    }
+
+    fn complete_file(&mut self, e: &CompleteFileEntry) -> Result<Applied> {
+        let mut rec = match self.inode(e.id)? {
+            Some(r) if r.is_dir => {
+                return Err(Error::IsADirectory {
+                    path: e.path.clone(),
+                })
+            }
+            Some(r) => r,
+            None => {
+                return Err(Error::NotFound {
+                    path: e.path.clone(),
+                })
+            }
+        };
+        if rec.complete {
+            return Err(Error::NotPermitted {
+                path: e.path.clone(),
+                reason: "file is already complete".to_string(),
+            });
+        }
+        rec.length = e.length;
+        rec.complete = true;
+        rec.persisted = e.persisted;
+        rec.mtime_ms = e.mtime_ms;
+        let cf = self.store.cf(CF_BLOCKS)?;
+        let n = block_count(rec.length, rec.block_size);
+        for i in 0..n {
+            let len = (rec.length - i * rec.block_size).min(rec.block_size);
+            let block = BlockId::new(FileId(rec.id), i)?;
+            self.batch
+                .put_cf(cf, block.0.to_be_bytes(), len.to_be_bytes());
+        }
+        self.put_inode(rec)?;
+        Ok(Applied::default())
+    }
+
+    /// Removes `id` and everything below it; returns the files removed.
+    fn remove_subtree(&mut self, id: u64) -> Result<Vec<FileId>> {
+        let mut removed = Vec::new();
+        let mut stack = vec![id];
+        while let Some(cur) = stack.pop() {
+            let Some(rec) = self.inode(cur)? else {
+                continue;
+            };
+            if rec.is_dir {
+                for (name, child) in self.children(cur)? {
+                    self.delete_edge(cur, &name)?;
+                    stack.push(child);
+                }
+            } else {
+                let n = block_count(rec.length, rec.block_size);
+                let cf = self.store.cf(CF_BLOCKS)?;
+                for i in 0..n {
+                    self.batch
+                        .delete_cf(cf, BlockId::new(FileId(cur), i)?.0.to_be_bytes());
+                }
+                removed.push(FileId(cur));
+            }
+            self.delete_inode(cur)?;
+        }
+        Ok(removed)
+    }
+
+    fn delete(&mut self, e: &DeleteEntry) -> Result<Applied> {
+        if self.child(e.parent_id, &e.name)? != Some(e.id) {
+            return Err(Error::NotFound {
+                path: e.path.clone(),
+            });
+        }
+        let rec = self.inode(e.id)?.ok_or_else(|| Error::NotFound {
+            path: e.path.clone(),
+        })?;
+        if rec.mount_id != 0 {
+            return Err(Error::NotPermitted {
+                path: e.path.clone(),
+                reason: "is a mount point; unmount it instead".to_string(),
+            });
+        }
+        if rec.is_dir && !e.recursive && !self.children(e.id)?.is_empty() {
+            return Err(Error::DirectoryNotEmpty {
+                path: e.path.clone(),
+            });
+        }
+        self.delete_edge(e.parent_id, &e.name)?;
+        let removed_files = self.remove_subtree(e.id)?;
+        self.touch_dir(e.parent_id, e.mtime_ms)?;
+        Ok(Applied { removed_files })
+    }
+
+    fn rename(&mut self, e: &RenameEntry) -> Result<Applied> {
+        if self.child(e.src_parent, &e.src_name)? != Some(e.id) {
+            return Err(Error::NotFound {
+                path: e.src_path.clone(),
+            });
+        }
+        self.existing_dir(e.dst_parent, &e.dst_path)?;
+        if self.child(e.dst_parent, &e.dst_name)?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: e.dst_path.clone(),
+            });
+        }
+        // The destination's parent must not lie inside the inode being moved.
+        let mut cur = e.dst_parent;
+        while cur != 0 {
+            if cur == e.id {
+                return Err(Error::NotPermitted {
+                    path: e.dst_path.clone(),
+                    reason: format!("cannot move {} into its own subtree", e.src_path),
+                });
+            }
+            cur = self.inode(cur)?.map(|r| r.parent_id).unwrap_or(0);
+        }
+        let mut rec = self.inode(e.id)?.ok_or_else(|| Error::NotFound {
+            path: e.src_path.clone(),
+        })?;
+        rec.parent_id = e.dst_parent;
+        rec.name = e.dst_name.clone();
+        self.delete_edge(e.src_parent, &e.src_name)?;
+        self.put_edge(e.dst_parent, &e.dst_name, e.id)?;
+        self.put_inode(rec)?;
+        self.touch_dir(e.src_parent, e.mtime_ms)?;
+        self.touch_dir(e.dst_parent, e.mtime_ms)?;
+        Ok(Applied::default())
+    }
+
+    fn mount(&mut self, e: &MountEntry) -> Result<Applied> {
+        let (Some(inode), Some(mount)) = (&e.inode, &e.mount) else {
+            return Err(Error::invalid_argument(
+                "journal entry",
+                "mount without inode or record",
+            ));
+        };
+        if self.store.mounts().iter().any(|m| m.path == mount.path) {
+            return Err(Error::AlreadyExists {
+                path: mount.path.clone(),
+            });
+        }
+        if inode.id == FileId::ROOT.0 {
+            let mut root = self
+                .inode(FileId::ROOT.0)?
+                .ok_or_else(|| Error::internal("root inode missing"))?;
+            root.mount_id = mount.mount_id;
+            root.persisted = true;
+            self.put_inode(root)?;
+        } else {
+            self.existing_dir(e.parent_id, &mount.path)?;
+            if self.child(e.parent_id, &inode.name)?.is_some() {
+                return Err(Error::AlreadyExists {
+                    path: mount.path.clone(),
+                });
+            }
+            self.put_edge(e.parent_id, &inode.name, inode.id)?;
+            self.put_inode(inode.clone())?;
+        }
+        self.batch.put_cf(
+            self.store.cf(CF_MOUNTS)?,
+            mount.mount_id.to_be_bytes(),
+            mount.encode_to_vec(),
+        );
+        self.bump_meta(KEY_LAST_MOUNT_ID, mount.mount_id)?;
+        self.mounts_changed = true;
+        Ok(Applied::default())
+    }
+
+    fn unmount(&mut self, e: &UnmountEntry) -> Result<Applied> {
+        let Some(mount) = self
+            .store
+            .mounts()
+            .into_iter()
+            .find(|m| m.mount_id == e.mount_id)
+        else {
+            return Err(Error::NotAMountPoint {
+                path: e.path.clone(),
+            });
+        };
+        if mount.inode_id == FileId::ROOT.0 {
+            return Err(Error::NotPermitted {
+                path: e.path.clone(),
+                reason: "the root mount cannot be unmounted".to_string(),
+            });
+        }
+        let rec = self
+            .inode(mount.inode_id)?
+            .ok_or_else(|| Error::internal(format!("mount {} has no inode", mount.mount_id)))?;
+        self.delete_edge(rec.parent_id, &rec.name)?;
+        let removed_files = self.remove_subtree(rec.id)?;
+        self.batch
+            .delete_cf(self.store.cf(CF_MOUNTS)?, mount.mount_id.to_be_bytes());
+        self.mounts_changed = true;
+        Ok(Applied { removed_files })
+    }
+}
+
+fn parent_of(path: &str) -> String {
+    match path.trim_end_matches('/').rfind('/') {
+        Some(0) | None => "/".to_string(),
+        Some(i) => path[..i].to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(id: u64, parent: u64, name: &str, t: i64) -> InodeRecord {
+        InodeRecord {
+            id,
+            parent_id: parent,
+            name: name.into(),
+            is_dir: true,
+            mtime_ms: t,
+            ..Default::default()
+        }
+    }
+
+    fn file(id: u64, parent: u64, name: &str, bs: u64) -> InodeRecord {
+        InodeRecord {
+            id,
+            parent_id: parent,
+            name: name.into(),
+            block_size: bs,
+            mtime_ms: 7,
+            ..Default::default()
+        }
+    }
+
+    /// A history with every kind of entry, conflicts included.
+    fn history() -> Vec<JournalEntry> {
+        vec![
+            Op::Mount(MountEntry {
+                parent_id: 0,
+                inode: Some(dir(1, 0, "", 0)),
+                mount: Some(MountRecord {
+                    mount_id: 1,
+                    inode_id: 1,
+                    path: "/".into(),
+                    uri: "file:///u".into(),
+                    read_only: false,
+                }),
+            })
+            .into(),
+            Op::Create(CreateEntry {
+                parent_id: 1,
+                path: "/a/b".into(),
+                inodes: vec![dir(2, 1, "a", 10), dir(3, 2, "b", 10)],
+            })
+            .into(),
+            // Conflict: /a exists.
+            Op::Create(CreateEntry {
+                parent_id: 1,
+                path: "/a".into(),
+                inodes: vec![dir(4, 1, "a", 11)],
+            })
+            .into(),
+            Op::Create(CreateEntry {
+                parent_id: 3,
+                path: "/a/b/f".into(),
+                inodes: vec![file(5, 3, "f", 4)],
+            })
+            .into(),
+            Op::CompleteFile(CompleteFileEntry {
+                id: 5,
+                path: "/a/b/f".into(),
+                length: 10,
+                persisted: true,
+                mtime_ms: 12,
+            })
+            .into(),
+            Op::LoadChildren(LoadChildrenEntry {
+                parent_id: 2,
+                path: "/a".into(),
+                children: vec![file(6, 2, "b", 4), file(7, 2, "u", 4)],
+            })
+            .into(),
+            // Conflict: into its own subtree.
+            Op::Rename(RenameEntry {
+                id: 2,
+                src_parent: 1,
+                src_name: "a".into(),
+                dst_parent: 3,
+                dst_name: "x".into(),
+                src_path: "/a".into(),
+                dst_path: "/a/b/x".into(),
+                mtime_ms: 13,
+            })
+            .into(),
+            Op::Rename(RenameEntry {
+                id: 5,
+                src_parent: 3,
+                src_name: "f".into(),
+                dst_parent: 1,
+                dst_name: "g".into(),
+                src_path: "/a/b/f".into(),
+                dst_path: "/g".into(),
+                mtime_ms: 14,
+            })
+            .into(),
+            Op::Mount(MountEntry {
+                parent_id: 1,
+                inode: Some(InodeRecord {
+                    mount_id: 2,
+                    persisted: true,
+                    ..dir(8, 1, "m", 15)
+                }),
+                mount: Some(MountRecord {
+                    mount_id: 2,
+                    inode_id: 8,
+                    path: "/m".into(),
+                    uri: "file:///v".into(),
+                    read_only: false,
+                }),
+            })
+            .into(),
+            // Conflict: not empty.
+            Op::Delete(DeleteEntry {
+                parent_id: 1,
+                name: "a".into(),
+                id: 2,
+                path: "/a".into(),
+                recursive: false,
+                mtime_ms: 16,
+            })
+            .into(),
+            Op::Delete(DeleteEntry {
+                parent_id: 1,
+                name: "a".into(),
+                id: 2,
+                path: "/a".into(),
+                recursive: true,
+                mtime_ms: 17,
+            })
+            .into(),
+            Op::Unmount(UnmountEntry {
+                mount_id: 2,
+                path: "/m".into(),
+            })
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s1 = MetaStore::open(d1.path(), 100).unwrap();
+        let s2 = MetaStore::open(d2.path(), 3).unwrap();
+        let mut results = Vec::new();
+        for (i, e) in history().iter().enumerate() {
+            let r1 = s1.apply(i as u64 + 1, e);
+            let r2 = s2.apply(i as u64 + 1, e);
+            assert_eq!(r1, r2);
+            results.push(r1.is_ok());
+        }
+        assert_eq!(
+            results,
+            [true, true, false, true, true, true, false, true, true, false, true, true]
+        );
+        let dump = s1.dump().unwrap();
+        assert_eq!(dump, s2.dump().unwrap());
+        assert_eq!(s1.applied_index().unwrap(), 12);
+        assert_eq!(s1.last_inode_id().unwrap(), 8);
+        // What is left: / (mounted) and /g (length 10, three blocks of 4).
+        assert_eq!(s1.list_children(1).unwrap(), [("g".to_string(), 5)]);
+        let g = s1.get_inode(5).unwrap().unwrap();
+        assert_eq!(
+            (g.length, g.complete, g.persisted, g.parent_id),
+            (10, true, true, 1)
+        );
+        assert_eq!(dump.iter().filter(|(cf, _, _)| cf == CF_BLOCKS).count(), 3);
+        assert_eq!(s1.mounts().len(), 1);
+    }
+
+    #[test]
+    fn conflicts_write_nothing_but_the_index() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let h = history();
+        s.apply(1, &h[1]).unwrap();
+        let before = s.dump().unwrap();
+        let err = s.apply(2, &h[2]).unwrap_err();
+        assert_eq!(err, Error::AlreadyExists { path: "/a".into() });
+        let after = s.dump().unwrap();
+        let strip = |d: Vec<(String, Vec<u8>, Vec<u8>)>| {
+            d.into_iter()
+                .filter(|(cf, k, _)| !(cf == CF_META && k == KEY_APPLIED_INDEX))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(before), strip(after));
+        assert_eq!(s.applied_index().unwrap(), 2);
+    }
+
+    #[test]
+    fn state_survives_reopen_and_cache_follows_apply() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = MetaStore::open(d.path(), 100).unwrap();
+            for (i, e) in history().iter().take(5).enumerate() {
+                let _ = s.apply(i as u64 + 1, e);
+            }
+            // Warm the cache, then change the inode and check the cache follows.
+            assert!(s.get_inode(5).unwrap().unwrap().complete);
+            assert_eq!(s.get_child(3, "f").unwrap(), Some(5));
+            s.apply(6, &history()[7]).unwrap();
+            assert_eq!(s.get_child(3, "f").unwrap(), None);
+            assert_eq!(s.get_inode(5).unwrap().unwrap().name, "g");
+        }
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        assert_eq!(s.applied_index().unwrap(), 6);
+        assert_eq!(s.get_child(1, "g").unwrap(), Some(5));
+        assert_eq!(s.mounts()[0].uri, "file:///u");
+    }
+}

@@ -1,0 +1,182 @@
+//! Under-stores: the slow or remote storage Strata caches (a local folder today; S3
+//! and HDFS follow behind the same trait).
+//!
+//! Every backend has the same shape: a config parsed from the mount URI, the backend
+//! itself, a ranged reader, an atomic writer, and a lister. Paths handed to a backend
+//! are [`UfsPath`]s, lists of validated names relative to the mount root: `..`, empty
+//! names and `/` inside a name cannot be expressed, and the local backend also
+//! refuses any path that resolves (through symlinks) outside its root.
+
+pub mod local;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+pub use strata_common::types::UfsLocation;
+use strata_common::{Error, Result};
+use tokio::io::AsyncRead;
+
+/// A path below a mount root, as validated components.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct UfsPath(Vec<String>);
+
+impl UfsPath {
+    /// The mount root itself.
+    pub fn root() -> Self {
+        UfsPath(Vec::new())
+    }
+
+    /// Parses `a/b/c` (empty for the root), validating each component.
+    pub fn parse(relative: &str) -> Result<Self> {
+        Ok(UfsPath(strata_common::types::split_relative(relative)?))
+    }
+
+    /// The components.
+    pub fn components(&self) -> &[String] {
+        &self.0
+    }
+
+    /// This path with one more (validated) name.
+    pub fn join(&self, name: &str) -> Result<Self> {
+        let mut v = self.0.clone();
+        v.extend(strata_common::types::split_relative(name)?);
+        Ok(UfsPath(v))
+    }
+
+    /// Whether this is the mount root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&UfsLocation> for UfsPath {
+    fn from(loc: &UfsLocation) -> Self {
+        UfsPath(loc.components.clone())
+    }
+}
+
+impl fmt::Display for UfsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.0.join("/"))
+    }
+}
+
+impl fmt::Debug for UfsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// What an under-store knows of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UfsStatus {
+    /// The entry's name (last component).
+    pub name: String,
+    /// Directory or file.
+    pub is_dir: bool,
+    /// Bytes, for files.
+    pub length: u64,
+    /// Modification time, ms since the epoch.
+    pub mtime_ms: i64,
+}
+
+/// A byte stream from an under-store.
+pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A file being written to an under-store. Nothing is visible at the path until
+/// [`UfsWriter::complete`] returns; [`UfsWriter::abort`] (or a drop) leaves no trace.
+#[async_trait]
+pub trait UfsWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Makes the file durable and visible at its path, replacing any file there.
+    async fn complete(self: Box<Self>) -> Result<()>;
+    /// Discards what was written.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// An under-store backend.
+#[async_trait]
+pub trait UnderStore: Send + Sync + fmt::Debug {
+    /// The URI this store was opened from.
+    fn uri(&self) -> &str;
+    /// Status of the entry at `path`, `None` if there is none.
+    async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>>;
+    /// Entries of the directory at `path`, in name order.
+    async fn list(&self, path: &UfsPath) -> Result<Vec<UfsStatus>>;
+    /// A reader of `length` bytes from `offset` of the file at `path`.
+    async fn open_range(&self, path: &UfsPath, offset: u64, length: u64) -> Result<UfsReader>;
+    /// Starts writing the file at `path`, creating missing parent directories.
+    async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>>;
+    /// Creates the directory at `path` and its missing parents; an existing
+    /// directory is fine.
+    async fn mkdirs(&self, path: &UfsPath) -> Result<()>;
+    /// Deletes the entry at `path` (a directory with everything below it when
+    /// `recursive`); a missing entry is fine.
+    async fn delete(&self, path: &UfsPath, recursive: bool) -> Result<()>;
+    /// Renames `src` to `dst`; `dst` must not exist.
+    async fn rename(&self, src: &UfsPath, dst: &UfsPath) -> Result<()>;
+}
+
+/// Opens the under-store a mount URI names: `file:///abs/dir` or `/abs/dir` for a
+/// local folder. Schemes not built yet answer with a clear error.
+pub fn open(uri: &str) -> Result<Arc<dyn UnderStore>> {
+    if let Some(rest) = uri.strip_prefix("file://") {
+        return Ok(Arc::new(local::LocalStore::open(uri, rest)?));
+    }
+    if uri.starts_with('/') {
+        return Ok(Arc::new(local::LocalStore::open(uri, uri)?));
+    }
+    let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
+    Err(Error::invalid_argument(
+        "uri",
+        if scheme.is_empty() {
+            format!("{uri:?} is not an under-store URI (use file:///absolute/folder)")
+        } else {
+            format!(
+                "under-store scheme {scheme:?} is not supported by this build (supported: file)"
+            )
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_schemes_are_clear_errors() {
+        let err = open("s3://bucket/x").unwrap_err();
+        assert!(err.to_string().contains("s3"), "{err}");
+        assert!(open("relative/dir").is_err());
+    }
+
+    #[test]
+    fn ufs_paths_are_validated() {
+        assert!(UfsPath::parse("a/../b").is_err());
+        assert!(UfsPath::parse("..").is_err());
+        assert_eq!(UfsPath::parse("a/b").unwrap().to_string(), "/a/b");
+        assert!(UfsPath::parse("").unwrap().is_root());
+    }
+}
+
+/// Opened under-stores by mount URI, so each is opened once per process.
+#[derive(Default)]
+pub struct StoreCache {
+    stores: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn UnderStore>>>,
+}
+
+impl StoreCache {
+    /// The store for `uri`, opened on first use.
+    pub fn get(&self, uri: &str) -> Result<Arc<dyn UnderStore>> {
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(uri) {
+            return Ok(s.clone());
+        }
+        let s = open(uri)?;
+        stores.insert(uri.to_string(), s.clone());
+        Ok(s)
+    }
+}

@@ -1,0 +1,314 @@
+//! The Strata worker: caches blocks in its storage tier (MEM), reads through to the
+//! under-store on a miss, takes client writes, and reports its blocks to the master.
+//!
+//! Shape: `store` (block files, quota, LRU) ← `service` (gRPC data service) and the
+//! heartbeat loop in this module, which keeps the master's view of our blocks current.
+
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use metrics::WorkerMetrics;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use store::BlockStore;
+use strata_common::config::SiteConfig;
+use strata_common::ids::BlockId;
+use strata_common::proto::{
+    self, block_master_client::BlockMasterClient, worker_service_server::WorkerServiceServer,
+    MAX_MESSAGE_BYTES,
+};
+use strata_common::{Error, Result};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The worker's connection to the master, and the id the master gave it.
+pub struct MasterLink {
+    client: BlockMasterClient<Channel>,
+    worker_id: AtomicU64,
+}
+
+impl MasterLink {
+    fn new(master_addr: &str) -> Result<Self> {
+        let channel = Channel::from_shared(format!("http://{master_addr}"))
+            .map_err(|e| Error::invalid_argument("master_addresses", e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(MasterLink {
+            client: BlockMasterClient::new(channel),
+            worker_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Tells the master a block is now here. Failure is logged, not fatal: the next
+    /// heartbeat carries the block again.
+    pub async fn commit_block(&self, block: BlockId, length: u64) {
+        let worker_id = self.worker_id.load(Ordering::Acquire);
+        if worker_id == 0 {
+            return; // not registered yet: registration will report it
+        }
+        let req = proto::CommitBlockRequest {
+            worker_id,
+            block_id: block.0,
+            length,
+        };
+        if let Err(status) = self.client.clone().commit_block(req).await {
+            tracing::warn!(block = %block, "commit to master failed: {}", Error::from(status));
+        }
+    }
+}
+
+/// What a worker needs to start.
+pub struct WorkerDeps {
+    /// Its configuration.
+    pub config: SiteConfig,
+    /// Cancelled to stop it.
+    pub shutdown: CancellationToken,
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    /// The address its gRPC server listens on.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub metrics: Arc<WorkerMetrics>,
+    /// The folder of its MEM tier.
+    pub mem_dir: PathBuf,
+    server: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Waits until the worker has stopped.
+    /// Call it once: a second call after it returned panics.
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.server)
+            .await
+            .map_err(|e| Error::internal(format!("worker task failed: {e}")))?
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Picks the MEM tier's folder: under `worker.mem_dir` (tmpfs) when it exists and
+/// has room for the quota, else `<data_dir>/worker/mem`, saying why.
+pub fn mem_tier_dir(cfg: &SiteConfig) -> Result<PathBuf> {
+    let data_dir = &cfg.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        Error::internal(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.clone());
+    // One folder per data dir, stable across restarts so cached blocks survive them.
+    let tag = canonical
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    let shm = &cfg.worker.mem_dir;
+    let quota = cfg.worker.mem_quota.0;
+    let reason = match free_bytes(shm) {
+        None => format!("{} does not exist", shm.display()),
+        Some(free) => {
+            let dir = shm.join(format!("strata-worker-{tag:016x}"));
+            let already = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum::<u64>()
+                })
+                .unwrap_or(0);
+            if free + already >= quota {
+                return Ok(dir);
+            }
+            format!(
+                "{} has {} free, less than the {} quota",
+                shm.display(),
+                strata_common::units::format_bytes(free + already),
+                strata_common::units::format_bytes(quota)
+            )
+        }
+    };
+    let fallback = canonical.join("worker").join("mem");
+    tracing::warn!("MEM tier falls back to {}: {reason}", fallback.display());
+    Ok(fallback)
+}
+
+/// Opens the block store, starts serving, and registers with the master.
+pub async fn start(deps: WorkerDeps) -> Result<WorkerHandle> {
+    let cfg = deps.config;
+    let metrics = Arc::new(WorkerMetrics::default());
+    let mem_dir = mem_tier_dir(&cfg)?;
+    let store = BlockStore::open(&mem_dir, cfg.worker.mem_quota.0, metrics.clone())?;
+    let master_addr = cfg
+        .master_addresses
+        .first()
+        .ok_or_else(|| Error::invalid_argument("master_addresses", "empty"))?;
+    let master = Arc::new(MasterLink::new(master_addr)?);
+
+    let bind = format!("{}:{}", cfg.worker.bind_host, cfg.worker.rpc_port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|e| Error::unavailable(format!("worker cannot listen on {bind}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("listener address: {e}")))?;
+    let host = if cfg.worker.hostname.is_empty() {
+        hostname()
+    } else {
+        cfg.worker.hostname.clone()
+    };
+    let advertised = if addr.ip().is_unspecified() {
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    tracing::info!(%addr, tier = %mem_dir.display(), quota = cfg.worker.mem_quota.0, "worker listening");
+
+    let svc = Arc::new(service::DataService {
+        store: store.clone(),
+        ufs: Arc::new(strata_ufs::StoreCache::default()),
+        metrics: metrics.clone(),
+        master: master.clone(),
+    });
+    let shutdown = deps.shutdown;
+    tokio::spawn(heartbeat_loop(
+        HeartbeatDeps {
+            master,
+            store,
+            host,
+            advertised,
+            interval: cfg.worker.heartbeat_interval.0,
+        },
+        shutdown.clone(),
+    ));
+    let grpc = WorkerServiceServer::new(service::WorkerGrpc(svc))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await
+            .map_err(|e| Error::internal(format!("worker server: {e}")))?;
+        tracing::info!("worker stopped");
+        Ok(())
+    });
+    Ok(WorkerHandle {
+        addr,
+        metrics,
+        mem_dir,
+        server,
+    })
+}
+
+struct HeartbeatDeps {
+    master: Arc<MasterLink>,
+    store: Arc<BlockStore>,
+    host: String,
+    advertised: String,
+    interval: Duration,
+}
+
+async fn register(d: &HeartbeatDeps) -> Result<u64> {
+    let (blocks, used) = d.store.full_report();
+    let req = proto::RegisterWorkerRequest {
+        host: d.host.clone(),
+        rpc_address: d.advertised.clone(),
+        capacity_bytes: d.store.capacity(),
+        used_bytes: used,
+        blocks: blocks.into_iter().map(|b| b.0).collect(),
+    };
+    let id = d
+        .master
+        .client
+        .clone()
+        .register_worker(req)
+        .await?
+        .into_inner()
+        .worker_id;
+    d.master.worker_id.store(id, Ordering::Release);
+    Ok(id)
+}
+
+async fn heartbeat_once(d: &HeartbeatDeps) -> Result<()> {
+    let worker_id = d.master.worker_id.load(Ordering::Acquire);
+    if worker_id == 0 {
+        let id = register(d).await?;
+        tracing::info!(worker = id, "registered with master");
+        return Ok(());
+    }
+    let (added, removed) = d.store.take_deltas();
+    let req = proto::WorkerHeartbeatRequest {
+        worker_id,
+        used_bytes: d.store.used(),
+        added_blocks: added.iter().map(|b| b.0).collect(),
+        removed_blocks: removed.iter().map(|b| b.0).collect(),
+    };
+    let resp = match d.master.client.clone().worker_heartbeat(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            d.store.restore_deltas(added, removed);
+            return Err(status.into());
+        }
+    };
+    if resp.register_again {
+        tracing::info!("master does not know this worker; registering again");
+        d.master.worker_id.store(0, Ordering::Release);
+        register(d).await?;
+        return Ok(());
+    }
+    for b in resp.remove_blocks {
+        d.store.remove(BlockId(b));
+    }
+    Ok(())
+}
+
+async fn heartbeat_loop(d: HeartbeatDeps, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(d.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match heartbeat_once(&d).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("master reachable again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("cannot reach the master: {e}");
+                }
+                failing = true;
+            }
+        }
+    }
+}

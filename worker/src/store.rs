@@ -1,0 +1,399 @@
+//! The block store: one tier (MEM) of block files in a directory, under a byte quota,
+//! with least-recently-used eviction.
+//!
+//! Invariants:
+//! - A block is never half-visible: it is written under `.tmp/`, optionally fsynced,
+//!   then renamed to its id. Only renamed blocks are in the index.
+//! - `used + reserved <= quota` whenever a reservation is granted; room is made by
+//!   evicting the least recently used blocks first.
+//! - An evicted block is unlinked; a reader that already opened it keeps reading from
+//!   its descriptor, so eviction never breaks a read in flight.
+//! - Added and removed blocks are remembered until the next heartbeat takes them.
+
+use crate::metrics::{WorkerMetrics, BLOCKS_CACHED, BLOCKS_EVICTED, BLOCKS_REMOVED};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use strata_common::ids::BlockId;
+use strata_common::{Error, Result};
+
+struct Entry {
+    length: u64,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct State {
+    blocks: HashMap<BlockId, Entry>,
+    lru: BTreeMap<u64, BlockId>,
+    next_seq: u64,
+    used: u64,
+    reserved: u64,
+    added: Vec<BlockId>,
+    removed: Vec<BlockId>,
+}
+
+impl State {
+    fn touch(&mut self, id: BlockId) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if let Some(e) = self.blocks.get_mut(&id) {
+            self.lru.remove(&e.seq);
+            e.seq = seq;
+            self.lru.insert(seq, id);
+        }
+    }
+
+    fn insert(&mut self, id: BlockId, length: u64) {
+        self.forget(id);
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.blocks.insert(id, Entry { length, seq });
+        self.lru.insert(seq, id);
+        self.used += length;
+    }
+
+    fn forget(&mut self, id: BlockId) -> bool {
+        match self.blocks.remove(&id) {
+            Some(e) => {
+                self.lru.remove(&e.seq);
+                self.used -= e.length;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Room set aside for a block being written; given back when dropped.
+pub struct Reservation {
+    store: Arc<BlockStore>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut st = self.store.lock();
+        st.reserved -= self.bytes;
+    }
+}
+
+/// A block being written: a temporary file, removed unless committed.
+pub struct TempBlock {
+    path: PathBuf,
+    file: Option<File>,
+    written: u64,
+    _reservation: Reservation,
+}
+
+impl TempBlock {
+    /// Appends bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::internal("write to a committed block"))?;
+        file.write_all(data).map_err(|e| Error::NoSpace {
+            what: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl Drop for TempBlock {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A block directory with a quota.
+pub struct BlockStore {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+    quota: u64,
+    state: Mutex<State>,
+    tmp_seq: AtomicU64,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl BlockStore {
+    /// Opens the tier in `dir`: clears unfinished writes, indexes the blocks already
+    /// there, and evicts down to `quota` if they exceed it.
+    pub fn open(dir: &Path, quota: u64, metrics: Arc<WorkerMetrics>) -> Result<Arc<Self>> {
+        let io = |e: std::io::Error| Error::internal(format!("block store {}: {e}", dir.display()));
+        let tmp_dir = dir.join(".tmp");
+        if tmp_dir.exists() {
+            std::fs::remove_dir_all(&tmp_dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&tmp_dir).map_err(io)?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let meta = entry.metadata().map_err(io)?;
+            if meta.is_file() {
+                let mtime = meta.modified().ok();
+                found.push((mtime, BlockId(id), meta.len()));
+            }
+        }
+        // Oldest first, so recency survives a restart roughly.
+        found.sort();
+        let store = Arc::new(BlockStore {
+            dir: dir.to_path_buf(),
+            tmp_dir,
+            quota,
+            state: Mutex::new(State::default()),
+            tmp_seq: AtomicU64::new(0),
+            metrics,
+        });
+        {
+            let mut st = store.lock();
+            for (_, id, len) in found {
+                st.insert(id, len);
+            }
+            store.evict_until(&mut st, 0)?;
+            st.added.clear();
+            st.removed.clear();
+        }
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn block_path(&self, id: BlockId) -> PathBuf {
+        self.dir.join(id.0.to_string())
+    }
+
+    /// Folder of the tier.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The quota.
+    pub fn capacity(&self) -> u64 {
+        self.quota
+    }
+
+    /// Bytes held by committed blocks.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// Evicts least recently used blocks until `needed` more bytes fit.
+    fn evict_until(&self, st: &mut State, needed: u64) -> Result<()> {
+        while st.used + st.reserved + needed > self.quota {
+            let Some((_, victim)) = st.lru.pop_first() else {
+                return Err(Error::NoSpace {
+                    what: "MEM tier".into(),
+                    reason: format!(
+                        "{needed} bytes do not fit: quota {}, {} bytes reserved by writes in flight",
+                        self.quota, st.reserved
+                    ),
+                });
+            };
+            if let Some(e) = st.blocks.remove(&victim) {
+                st.used -= e.length;
+            }
+            if let Err(e) = std::fs::remove_file(self.block_path(victim)) {
+                tracing::warn!(block = %victim, "evicted block file could not be removed: {e}");
+            }
+            st.removed.push(victim);
+            self.metrics.counter(BLOCKS_EVICTED).inc();
+            tracing::debug!(block = %victim, "evicted");
+        }
+        Ok(())
+    }
+
+    /// Starts a block of at most `max_len` bytes, evicting to make room.
+    pub fn begin(self: &Arc<Self>, max_len: u64) -> Result<TempBlock> {
+        {
+            let mut st = self.lock();
+            self.evict_until(&mut st, max_len)?;
+            st.reserved += max_len;
+        }
+        let reservation = Reservation {
+            store: self.clone(),
+            bytes: max_len,
+        };
+        let path = self
+            .tmp_dir
+            .join(format!("{}", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+        let file = File::create(&path).map_err(|e| Error::NoSpace {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(TempBlock {
+            path,
+            file: Some(file),
+            written: 0,
+            _reservation: reservation,
+        })
+    }
+
+    /// Makes a written block visible under `id` (fsynced first when `sync`).
+    pub fn commit(&self, id: BlockId, mut temp: TempBlock, sync: bool) -> Result<u64> {
+        let file = temp
+            .file
+            .take()
+            .ok_or_else(|| Error::internal("block committed twice"))?;
+        let fail = |e: std::io::Error| Error::internal(format!("committing block {id}: {e}"));
+        if sync {
+            file.sync_all().map_err(fail)?;
+        }
+        drop(file);
+        let len = temp.written;
+        let mut st = self.lock();
+        if let Err(e) = std::fs::rename(&temp.path, self.block_path(id)) {
+            let _ = std::fs::remove_file(&temp.path);
+            return Err(fail(e));
+        }
+        st.insert(id, len);
+        st.added.push(id);
+        drop(st);
+        // Returns the reservation now that `used` counts the block.
+        drop(temp);
+        self.metrics.counter(BLOCKS_CACHED).inc();
+        Ok(len)
+    }
+
+    /// Opens a cached block for reading and marks it recently used.
+    pub fn open_block(&self, id: BlockId) -> Option<(File, u64)> {
+        let mut st = self.lock();
+        let len = st.blocks.get(&id)?.length;
+        match File::open(self.block_path(id)) {
+            Ok(f) => {
+                st.touch(id);
+                Some((f, len))
+            }
+            Err(e) => {
+                tracing::warn!(block = %id, "indexed block cannot be opened, dropping it: {e}");
+                st.forget(id);
+                st.removed.push(id);
+                None
+            }
+        }
+    }
+
+    /// Whether the block is cached.
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.lock().blocks.contains_key(&id)
+    }
+
+    /// Drops a block (the master asked: file deleted or freed).
+    pub fn remove(&self, id: BlockId) {
+        let mut st = self.lock();
+        if st.forget(id) {
+            let _ = std::fs::remove_file(self.block_path(id));
+            st.removed.push(id);
+            self.metrics.counter(BLOCKS_REMOVED).inc();
+        }
+    }
+
+    /// Blocks added and removed since the last call.
+    pub fn take_deltas(&self) -> (Vec<BlockId>, Vec<BlockId>) {
+        let mut st = self.lock();
+        (
+            std::mem::take(&mut st.added),
+            std::mem::take(&mut st.removed),
+        )
+    }
+
+    /// Puts back deltas a failed heartbeat could not deliver.
+    pub fn restore_deltas(&self, added: Vec<BlockId>, removed: Vec<BlockId>) {
+        let mut st = self.lock();
+        st.added.extend(added);
+        st.removed.extend(removed);
+    }
+
+    /// Every block held, clearing the deltas (a full report supersedes them).
+    pub fn full_report(&self) -> (Vec<BlockId>, u64) {
+        let mut st = self.lock();
+        st.added.clear();
+        st.removed.clear();
+        (st.blocks.keys().copied().collect(), st.used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &Arc<BlockStore>, id: u64, len: usize) {
+        let mut t = store.begin(len as u64).unwrap();
+        t.write(&vec![id as u8; len]).unwrap();
+        store.commit(BlockId(id), t, false).unwrap();
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_keeps_open_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(WorkerMetrics::default());
+        let s = BlockStore::open(dir.path(), 300, m.clone()).unwrap();
+        put(&s, 1, 100);
+        put(&s, 2, 100);
+        put(&s, 3, 100);
+        let (mut reader, _) = s.open_block(BlockId(1)).unwrap(); // 1 is now most recent
+        put(&s, 4, 100); // evicts 2
+        assert!(!s.contains(BlockId(2)));
+        assert!(s.contains(BlockId(1)));
+        put(&s, 5, 150); // evicts 3 and 1
+        assert!(!s.contains(BlockId(1)));
+        assert_eq!(m.counter(BLOCKS_EVICTED).get(), 3);
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut buf).unwrap();
+        assert_eq!(buf, vec![1u8; 100]);
+        assert!(s.used() <= 300);
+        let (added, removed) = s.take_deltas();
+        assert_eq!(added.len(), 5);
+        assert_eq!(removed.len(), 3);
+    }
+
+    #[test]
+    fn too_big_is_no_space_and_uncommitted_writes_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), 100, Arc::new(WorkerMetrics::default())).unwrap();
+        assert!(matches!(s.begin(101), Err(Error::NoSpace { .. })));
+        let mut t = s.begin(100).unwrap();
+        t.write(b"partial").unwrap();
+        // While reserved, nothing else fits.
+        assert!(s.begin(1).is_err());
+        drop(t);
+        assert!(s.begin(100).is_ok());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn reopening_indexes_existing_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
+            put(&s, 7, 10);
+            put(&s, 8, 20);
+        }
+        let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
+        let (mut blocks, used) = s.full_report();
+        blocks.sort();
+        assert_eq!(blocks, vec![BlockId(7), BlockId(8)]);
+        assert_eq!(used, 30);
+    }
+}
