@@ -3,7 +3,7 @@
 //! [`FileSystem`] talks to the master for metadata and to workers for data:
 //!
 //! ```no_run
-//! # async fn demo() -> strata_client::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use strata_client::{FileSystem, CreateOptions, OpenOptions};
 //! use tokio::io::AsyncReadExt;
 //!
@@ -22,6 +22,8 @@
 //! worker: one on this host if it has the block, else any that has it, else the
 //! worker that consistent hashing assigns to the block, which reads it through from
 //! the under-store and keeps it.
+
+#![warn(missing_docs)]
 
 mod reader;
 mod writer;
@@ -152,11 +154,14 @@ impl Inner {
         mut workers: Vec<WorkerAddress>,
         key: u64,
     ) -> Vec<WorkerAddress> {
-        use std::hash::{Hash, Hasher};
+        // FNV-1a: stable across processes, builds and toolchains, unlike std's hasher.
         let score = |w: &WorkerAddress| {
-            let mut h = std::hash::DefaultHasher::new();
-            (w.rpc_address.as_str(), key).hash(&mut h);
-            h.finish()
+            w.rpc_address
+                .bytes()
+                .chain(key.to_le_bytes())
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+                })
         };
         workers.sort_by_key(|w| (w.host != self.local_host, std::cmp::Reverse(score(w))));
         workers

@@ -74,18 +74,6 @@ async fn open_block(
             }
         }
     }
-    if candidates.is_empty() {
-        return Err(match source {
-            None => Error::NotPermitted {
-                path: blocks.info.path.to_string(),
-                reason: format!(
-                    "block {} is in no worker's storage and the file has no under-store copy (written MUST_CACHE, then evicted or its worker lost)",
-                    b.block_id
-                ),
-            },
-            Some(_) => Error::unavailable("no worker is registered with the master"),
-        });
-    }
     let req = ReadBlock {
         block_id: b.block_id,
         offset,
@@ -110,15 +98,27 @@ async fn open_block(
             }
             Err(status) => {
                 let e = Error::from(status);
-                if !e.is_temporary() {
+                // A worker that lost the block (evicted since the master answered) or
+                // cannot be reached: the next candidate may still serve it.
+                if !(e.is_temporary() || matches!(e, Error::BlockNotFound { .. })) {
                     return Err(e);
                 }
-                tracing::debug!(worker = %w.rpc_address, "worker unavailable, trying the next: {e}");
+                tracing::debug!(worker = %w.rpc_address, "trying the next worker: {e}");
                 last = Some(e);
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::unavailable("no worker could serve the block")))
+    Err(match (last, &req.source) {
+        (None | Some(Error::BlockNotFound { .. }), None) => Error::NotPermitted {
+            path: blocks.info.path.to_string(),
+            reason: format!(
+                "block {} is in no worker's storage and the file has no under-store copy (written MUST_CACHE, then evicted or its worker lost)",
+                b.block_id
+            ),
+        },
+        (Some(e), _) => e,
+        (None, Some(_)) => Error::unavailable("no worker is registered with the master"),
+    })
 }
 
 impl FileReader {

@@ -16,6 +16,7 @@ struct Stream {
 }
 
 /// A file being written. Call [`FileWriter::close`]: a writer dropped without it
+/// aborts the write on the worker (nothing reaches storage or the under-store) and
 /// leaves the file incomplete (unreadable) until it is deleted.
 pub struct FileWriter {
     fs: Arc<Inner>,
@@ -93,11 +94,15 @@ impl FileWriter {
         if self.stream.is_none() {
             self.open_stream().await?;
         }
+        self.send_msg(proto::WriteFileRequest {
+            msg: Some(Msg::Data(data)),
+        })
+        .await
+    }
+
+    async fn send_msg(&mut self, msg: proto::WriteFileRequest) -> Result<()> {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::internal("write stream missing"));
-        };
-        let msg = proto::WriteFileRequest {
-            msg: Some(Msg::Data(data)),
         };
         if stream.tx.send(msg).await.is_ok() {
             return Ok(());
@@ -149,37 +154,13 @@ impl FileWriter {
 
     /// Sends what is buffered, waits until the worker has everything where the write
     /// type says, and completes the file. Returns the completed file's status.
+    ///
+    /// If the bytes cannot be stored the incomplete file is removed. Once the master
+    /// has been asked to complete the file it is never removed: a failure of that
+    /// call is returned as it is, and the file's status tells whether it completed.
     pub async fn close(mut self) -> Result<FileInfo> {
-        match self.finish().await {
-            Ok(info) => Ok(info),
-            Err(e) => Err(self.fail(e).await),
-        }
-    }
-
-    async fn finish(&mut self) -> Result<FileInfo> {
-        if self.failed {
-            return Err(Error::NotPermitted {
-                path: self.info.path.to_string(),
-                reason: "an earlier write failed; the file is abandoned".into(),
-            });
-        }
-        if !self.buf.is_empty() {
-            let rest = self.buf.split().freeze();
-            self.send(rest).await?;
-        }
-        // An empty file that is not persisted needs no worker at all.
-        if self.stream.is_none() && self.write_type.persists() {
-            self.open_stream().await?;
-        }
-        if let Some(Stream { tx, call }) = self.stream.take() {
-            drop(tx);
-            let resp = call.await.map_err(Error::internal)??;
-            if resp.length != self.written {
-                return Err(Error::internal(format!(
-                    "worker stored {} bytes of {}",
-                    resp.length, self.written
-                )));
-            }
+        if let Err(e) = self.finish_data().await {
+            return Err(self.fail(e).await);
         }
         let resp = self
             .fs
@@ -194,5 +175,41 @@ impl FileWriter {
         resp.info
             .ok_or_else(|| Error::internal("master answered without info"))?
             .try_into()
+    }
+
+    async fn finish_data(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::NotPermitted {
+                path: self.info.path.to_string(),
+                reason: "an earlier write failed; the file is abandoned".into(),
+            });
+        }
+        if !self.buf.is_empty() {
+            let rest = self.buf.split().freeze();
+            self.send(rest).await?;
+        }
+        // An empty file that is not persisted needs no worker at all.
+        if self.stream.is_none() && self.write_type.persists() {
+            self.open_stream().await?;
+        }
+        if self.stream.is_some() {
+            let end = proto::WriteFileRequest {
+                msg: Some(Msg::End(proto::WriteFileEnd {
+                    length: self.written,
+                })),
+            };
+            self.send_msg(end).await?;
+        }
+        if let Some(Stream { tx, call }) = self.stream.take() {
+            drop(tx);
+            let resp = call.await.map_err(Error::internal)??;
+            if resp.length != self.written {
+                return Err(Error::internal(format!(
+                    "worker stored {} bytes of {}",
+                    resp.length, self.written
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -36,9 +36,11 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1000 * 1000 * 1000 * 1000,
             "tib" => 1 << 40,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            )),
+            ))
+            }
         };
         if num.is_empty() {
             return Err(format!("size {s:?} has no number"));

@@ -37,6 +37,10 @@ pub struct InodeRecord {
     pub persisted: bool,
     #[prost(uint64, tag = "10")]
     pub mount_id: u64,
+    /// Bumped by apply whenever a child is added, removed or renamed in or out; an
+    /// entry built from a look at the under-store names the version it saw.
+    #[prost(uint64, tag = "11")]
+    pub children_version: u64,
 }
 
 /// A persisted mount-table entry.
@@ -65,6 +69,10 @@ pub struct CreateEntry {
     pub path: String,
     #[prost(message, repeated, tag = "3")]
     pub inodes: Vec<InodeRecord>,
+    /// Set when the chain was found in an under-store: apply skips the entry if the
+    /// parent's children changed since (a delete or rename raced with the look).
+    #[prost(uint64, optional, tag = "4")]
+    pub expected_parent_version: Option<u64>,
 }
 
 /// Adds children found in the under-store; names taken meanwhile are skipped.
@@ -76,6 +84,10 @@ pub struct LoadChildrenEntry {
     pub path: String,
     #[prost(message, repeated, tag = "3")]
     pub children: Vec<InodeRecord>,
+    /// The directory's `children_version` when the under-store was listed; apply
+    /// skips the entry if it changed since.
+    #[prost(uint64, tag = "4")]
+    pub expected_version: u64,
 }
 
 /// Seals a file: its length, whether it is persisted, its block ids.
@@ -245,6 +257,7 @@ mod tests {
                 mtime_ms: 5,
                 ..Default::default()
             }],
+            expected_parent_version: None,
         })
         .into();
         let bytes = entry.encode_to_vec();

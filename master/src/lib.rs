@@ -82,7 +82,8 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     let bm = BlockMasterServer::new(service::BlockService {
         ns,
         registry: registry.clone(),
-    });
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let shutdown = deps.shutdown;
     let timeout = cfg.master.worker_timeout.0;

@@ -22,6 +22,10 @@ use strata_common::types::{
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
 
+/// Looks at the under-store for one request at most this many times while
+/// concurrent changes keep invalidating what it saw.
+const SYNC_ATTEMPTS: usize = 3;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -214,27 +218,38 @@ impl Namespace {
 
     /// Resolves `path`, loading from the under-store what the namespace lacks.
     async fn resolve_synced(&self, path: &StrataPath) -> Result<Resolved> {
-        let r = self.resolve(path)?;
+        // A load is skipped by apply when the parent changed since we looked; look again.
+        for _ in 0..SYNC_ATTEMPTS {
+            let r = self.resolve(path)?;
+            if !self.load_missing(path, &r).await? {
+                return Ok(r);
+            }
+        }
+        self.resolve(path)
+    }
+
+    /// Proposes loading what the under-store has of the components `r` lacks;
+    /// false when there is nothing to load.
+    async fn load_missing(&self, path: &StrataPath, r: &Resolved) -> Result<bool> {
         if r.missing.is_empty() || !r.deepest().is_dir {
-            return Ok(r);
+            return Ok(false);
         }
         let Some(hit) = self.mount_for(path) else {
-            return Ok(r);
+            return Ok(false);
         };
         let ufs = self.under_store(&hit.record.uri)?;
-        let deepest_path = prefix_path(
+        let mount_path = StrataPath::parse(&hit.record.path)?;
+        let mut cur = StrataPath::parse(&prefix_path(
             &path
                 .components()
                 .take(r.chain.len() - 1)
                 .collect::<Vec<_>>(),
-        );
-        let deepest_path = StrataPath::parse(&deepest_path)?;
+        ))?;
         let mut parent_id = r.deepest().id;
         let mut loaded: Vec<InodeRecord> = Vec::new();
-        let mut cur = deepest_path;
         for name in &r.missing {
             cur = cur.join(name)?;
-            let Some(rel) = cur.relative_to(&StrataPath::parse(&hit.record.path)?) else {
+            let Some(rel) = cur.relative_to(&mount_path) else {
                 break;
             };
             let Some(st) = ufs.status(&UfsPath::parse(&rel)?).await? else {
@@ -249,19 +264,19 @@ impl Namespace {
             }
         }
         if loaded.is_empty() {
-            return Ok(r);
+            return Ok(false);
         }
         let entry = CreateEntry {
             parent_id: r.deepest().id,
             path: cur.to_string(),
             inodes: loaded,
+            expected_parent_version: Some(r.deepest().children_version),
         };
         match self.propose(Op::Create(entry)).await {
             // Loaded by a concurrent request meanwhile: what it loaded is as good.
-            Ok(_) | Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(true),
+            Err(e) => Err(e),
         }
-        self.resolve(path)
     }
 
     /// The inode at `path`, loading it from the under-store if need be.
@@ -334,32 +349,38 @@ impl Namespace {
     }
 
     /// Loads the children the under-store has and the namespace lacks.
-    async fn sync_children(&self, path: &StrataPath, dir: &InodeRecord) -> Result<()> {
+    async fn sync_children(&self, path: &StrataPath, dir_id: u64) -> Result<()> {
         let Some(hit) = self.mount_for(path) else {
             return Ok(());
         };
         let ufs = self.under_store(&hit.record.uri)?;
-        let listed = match ufs.list(&hit.ufs_path()?).await {
-            Ok(v) => v,
-            // The directory exists only in Strata (written MUST_CACHE): nothing to load.
-            Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut children = Vec::new();
-        for st in &listed {
-            if self.store.get_child(dir.id, &st.name)?.is_none() {
-                children.push(self.loaded_record(dir.id, st));
+        for _ in 0..SYNC_ATTEMPTS {
+            // The version is read before listing: apply refuses the load if the
+            // directory changed after this point (a delete must not be undone).
+            let version = self.inode(dir_id)?.children_version;
+            let listed = match ufs.list(&hit.ufs_path()?).await {
+                Ok(v) => v,
+                // The directory exists only in Strata (written MUST_CACHE): nothing to load.
+                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut children = Vec::new();
+            for st in &listed {
+                if self.store.get_child(dir_id, &st.name)?.is_none() {
+                    children.push(self.loaded_record(dir_id, st));
+                }
             }
+            if children.is_empty() {
+                return Ok(());
+            }
+            self.propose(Op::LoadChildren(LoadChildrenEntry {
+                parent_id: dir_id,
+                path: path.to_string(),
+                children,
+                expected_version: version,
+            }))
+            .await?;
         }
-        if children.is_empty() {
-            return Ok(());
-        }
-        self.propose(Op::LoadChildren(LoadChildrenEntry {
-            parent_id: dir.id,
-            path: path.to_string(),
-            children,
-        }))
-        .await?;
         Ok(())
     }
 
@@ -375,7 +396,7 @@ impl Namespace {
         if !rec.is_dir {
             return Ok(vec![self.info(path.clone(), &rec)?]);
         }
-        self.sync_children(path, &rec).await?;
+        self.sync_children(path, rec.id).await?;
         let mut out = Vec::new();
         for (name, id) in self.store.list_children(rec.id)? {
             if let Some(child) = self.store.get_inode(id)? {
@@ -456,6 +477,7 @@ impl Namespace {
             parent_id: r.deepest().id,
             path: path.to_string(),
             inodes,
+            expected_parent_version: None,
         }))
         .await?;
         self.get_status(path).await
@@ -514,6 +536,7 @@ impl Namespace {
             parent_id: r.deepest().id,
             path: path.to_string(),
             inodes,
+            expected_parent_version: None,
         }))
         .await?;
         Ok((self.info(path.clone(), &file)?, ufs))
@@ -574,7 +597,7 @@ impl Namespace {
                     reason: format!("contains the mount point {m}; unmount it first"),
                 });
             }
-            self.sync_children(path, &rec).await?;
+            self.sync_children(path, rec.id).await?;
             if !recursive && !self.store.list_children(rec.id)?.is_empty() {
                 return Err(Error::DirectoryNotEmpty {
                     path: path.to_string(),
@@ -582,7 +605,8 @@ impl Namespace {
             }
         }
         if let Some(hit) = self.mount_for(path) {
-            if rec.is_dir || rec.persisted {
+            // An incomplete file may have an under-store copy on the way: remove it too.
+            if rec.is_dir || rec.persisted || (!rec.complete && !hit.record.read_only) {
                 hit.writable(path)?;
                 let ufs = self.under_store(&hit.record.uri)?;
                 ufs.delete(&hit.ufs_path()?, recursive).await?;
@@ -624,6 +648,13 @@ impl Namespace {
             return Err(Error::NotPermitted {
                 path: src.to_string(),
                 reason: "is a mount point; mount points cannot be renamed".into(),
+            });
+        }
+        if !rec.is_dir && !rec.complete {
+            // Its writer streams to the under-store path chosen at create time.
+            return Err(Error::NotPermitted {
+                path: src.to_string(),
+                reason: "is being written; rename it after its writer closes it".into(),
             });
         }
         if let Some(m) = self.mounts_below(src) {

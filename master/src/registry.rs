@@ -25,6 +25,17 @@ pub struct WorkerState {
     pub to_remove: Vec<BlockId>,
 }
 
+/// What became of a block commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The location is recorded.
+    Recorded,
+    /// The worker must register first.
+    UnknownWorker,
+    /// The block's file no longer exists.
+    DeadBlock,
+}
+
 /// A registering worker's report.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -173,14 +184,23 @@ impl Registry {
         Some(to_remove)
     }
 
-    /// Records that `worker` now holds `block`; false if the worker is unknown.
-    pub fn commit(&self, worker: WorkerId, block: BlockId) -> bool {
+    /// Records that `worker` now holds `block`. Liveness is checked under the lock,
+    /// so a commit cannot slip in after the file's blocks were dropped.
+    pub fn commit(
+        &self,
+        worker: WorkerId,
+        block: BlockId,
+        is_live: impl Fn(BlockId) -> bool,
+    ) -> CommitOutcome {
         let mut inner = self.lock();
         if !inner.workers.contains_key(&worker) {
-            return false;
+            return CommitOutcome::UnknownWorker;
+        }
+        if !is_live(block) {
+            return CommitOutcome::DeadBlock;
         }
         inner.link(block, worker);
-        true
+        CommitOutcome::Recorded
     }
 
     /// Workers holding `block`.

@@ -2,7 +2,7 @@
 //! namespace or the registry, and converts the answers back. No logic lives here.
 
 use crate::namespace::Namespace;
-use crate::registry::{Registration, Registry};
+use crate::registry::{CommitOutcome, Registration, Registry};
 use std::sync::Arc;
 use strata_common::ids::{BlockId, FileId, WorkerId};
 use strata_common::proto::{
@@ -221,19 +221,20 @@ impl BlockMaster for BlockService {
     ) -> Answer<proto::CommitBlockResponse> {
         let req = req.into_inner();
         let block = BlockId(req.block_id);
-        if !self.ns.block_is_live(block) {
-            return Err(Error::NotFound {
+        match self
+            .registry
+            .commit(WorkerId(req.worker_id), block, |b| self.ns.block_is_live(b))
+        {
+            CommitOutcome::Recorded => ok(proto::CommitBlockResponse {}),
+            CommitOutcome::DeadBlock => Err(Error::NotFound {
                 path: format!("file id {} of block {block}", block.file()),
             }
-            .into());
-        }
-        if !self.registry.commit(WorkerId(req.worker_id), block) {
-            return Err(Error::unavailable(format!(
+            .into()),
+            CommitOutcome::UnknownWorker => Err(Error::unavailable(format!(
                 "worker {} is not registered with this master",
                 req.worker_id
             ))
-            .into());
+            .into()),
         }
-        ok(proto::CommitBlockResponse {})
     }
 }

@@ -308,6 +308,7 @@ impl MetaStore {
             batch,
             touched_inodes,
             touched_edges,
+            mounts,
             mounts_changed,
             ..
         } = match outcome {
@@ -326,7 +327,7 @@ impl MetaStore {
             self.edge_cache.invalidate(key);
         }
         if mounts_changed {
-            self.reload_mounts()?;
+            *self.mounts.write().unwrap_or_else(|p| p.into_inner()) = mounts;
         }
         outcome
     }
@@ -339,6 +340,8 @@ struct Tx<'a> {
     touched_inodes: HashMap<u64, Option<InodeRecord>>,
     touched_edges: HashMap<(u64, String), Option<u64>>,
     meta: HashMap<&'static [u8], u64>,
+    // The mount table as this entry leaves it; published in memory after the write.
+    mounts: Vec<MountRecord>,
     mounts_changed: bool,
 }
 
@@ -350,6 +353,7 @@ impl<'a> Tx<'a> {
             touched_inodes: HashMap::new(),
             touched_edges: HashMap::new(),
             meta: HashMap::new(),
+            mounts: store.mounts(),
             mounts_changed: false,
         }
     }
@@ -438,28 +442,50 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Records that directory `id`'s children changed, at `mtime_ms`.
     fn touch_dir(&mut self, id: u64, mtime_ms: i64) -> Result<()> {
         if let Some(mut dir) = self.inode(id)? {
-            if dir.mtime_ms < mtime_ms {
-                dir.mtime_ms = mtime_ms;
-                self.put_inode(dir)?;
-            }
+            dir.mtime_ms = dir.mtime_ms.max(mtime_ms);
+            dir.children_version += 1;
+            self.put_inode(dir)?;
         }
         Ok(())
     }
 
-    /// The directory `id`, or the error a missing or non-directory parent gives.
+    /// The directory `id` (whose path is `path`), or why it cannot be a parent.
     fn existing_dir(&self, id: u64, path: &str) -> Result<InodeRecord> {
-        let parent_path = parent_of(path);
         match self.inode(id)? {
             Some(d) if d.is_dir => Ok(d),
-            Some(_) => Err(Error::NotADirectory { path: parent_path }),
-            None => Err(Error::NotFound { path: parent_path }),
+            Some(_) => Err(Error::NotADirectory {
+                path: path.to_string(),
+            }),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
         }
     }
 
+    /// The path of a mount rooted at or below inode `id`, if any.
+    fn mount_within(&self, id: u64) -> Result<Option<String>> {
+        for m in &self.mounts {
+            let mut cur = m.inode_id;
+            while cur != 0 {
+                if cur == id {
+                    return Ok(Some(m.path.clone()));
+                }
+                cur = self.inode(cur)?.map(|r| r.parent_id).unwrap_or(0);
+            }
+        }
+        Ok(None)
+    }
+
     fn create(&mut self, e: &CreateEntry) -> Result<Applied> {
-        self.existing_dir(e.parent_id, &e.path)?;
+        let parent = self.existing_dir(e.parent_id, &ancestor(&e.path, e.inodes.len()))?;
+        if e.expected_parent_version
+            .is_some_and(|v| v != parent.children_version)
+        {
+            return Ok(Applied::default()); // found in the under-store before a change here
+        }
         let first = e
             .inodes
             .first()
@@ -478,7 +504,7 @@ impl<'a> Tx<'a> {
                 ));
             }
             if self.inode(rec.id)?.is_some() {
-                return Err(Error::internal(format!("inode id {} reused", rec.id)));
+                return Err(id_in_use(&e.path, rec.id));
             }
             self.put_edge(parent, &rec.name, rec.id)?;
             self.put_inode(rec.clone())?;
@@ -489,7 +515,11 @@ impl<'a> Tx<'a> {
     }
 
     fn load_children(&mut self, e: &LoadChildrenEntry) -> Result<Applied> {
-        self.existing_dir(e.parent_id, &format!("{}/", e.path))?;
+        let dir = self.existing_dir(e.parent_id, &e.path)?;
+        if dir.children_version != e.expected_version {
+            return Ok(Applied::default()); // listed before a change here
+        }
+        let mut added = false;
         for rec in &e.children {
             if rec.parent_id != e.parent_id {
                 return Err(Error::invalid_argument(
@@ -501,10 +531,14 @@ impl<'a> Tx<'a> {
                 continue; // created or loaded meanwhile
             }
             if self.inode(rec.id)?.is_some() {
-                return Err(Error::internal(format!("inode id {} reused", rec.id)));
+                return Err(id_in_use(&e.path, rec.id));
             }
             self.put_edge(e.parent_id, &rec.name, rec.id)?;
             self.put_inode(rec.clone())?;
+            added = true;
+        }
+        if added {
+            self.touch_dir(e.parent_id, dir.mtime_ms)?;
         }
         Ok(Applied::default())
     }
@@ -537,7 +571,9 @@ impl<'a> Tx<'a> {
         let n = block_count(rec.length, rec.block_size);
         for i in 0..n {
             let len = (rec.length - i * rec.block_size).min(rec.block_size);
-            let block = BlockId::new(FileId(rec.id), i)?;
+            let block = BlockId::new(FileId(rec.id), i).map_err(|_| {
+                Error::invalid_argument("length", format!("{}: too many blocks", e.path))
+            })?;
             self.batch
                 .put_cf(cf, block.0.to_be_bytes(), len.to_be_bytes());
         }
@@ -561,9 +597,9 @@ impl<'a> Tx<'a> {
             } else {
                 let n = block_count(rec.length, rec.block_size);
                 let cf = self.store.cf(CF_BLOCKS)?;
-                for i in 0..n {
-                    self.batch
-                        .delete_cf(cf, BlockId::new(FileId(cur), i)?.0.to_be_bytes());
+                for i in 0..n.min(strata_common::ids::MAX_BLOCKS_PER_FILE) {
+                    let block = (cur << strata_common::ids::BLOCK_INDEX_BITS) | i;
+                    self.batch.delete_cf(cf, block.to_be_bytes());
                 }
                 removed.push(FileId(cur));
             }
@@ -587,6 +623,12 @@ impl<'a> Tx<'a> {
                 reason: "is a mount point; unmount it instead".to_string(),
             });
         }
+        if let Some(m) = self.mount_within(e.id)? {
+            return Err(Error::NotPermitted {
+                path: e.path.clone(),
+                reason: format!("contains the mount point {m}; unmount it first"),
+            });
+        }
         if rec.is_dir && !e.recursive && !self.children(e.id)?.is_empty() {
             return Err(Error::DirectoryNotEmpty {
                 path: e.path.clone(),
@@ -604,7 +646,13 @@ impl<'a> Tx<'a> {
                 path: e.src_path.clone(),
             });
         }
-        self.existing_dir(e.dst_parent, &e.dst_path)?;
+        self.existing_dir(e.dst_parent, &parent_of(&e.dst_path))?;
+        if let Some(m) = self.mount_within(e.id)? {
+            return Err(Error::NotPermitted {
+                path: e.src_path.clone(),
+                reason: format!("contains the mount point {m}"),
+            });
+        }
         if self.child(e.dst_parent, &e.dst_name)?.is_some() {
             return Err(Error::AlreadyExists {
                 path: e.dst_path.clone(),
@@ -641,7 +689,7 @@ impl<'a> Tx<'a> {
                 "mount without inode or record",
             ));
         };
-        if self.store.mounts().iter().any(|m| m.path == mount.path) {
+        if self.mounts.iter().any(|m| m.path == mount.path) {
             return Err(Error::AlreadyExists {
                 path: mount.path.clone(),
             });
@@ -654,7 +702,10 @@ impl<'a> Tx<'a> {
             root.persisted = true;
             self.put_inode(root)?;
         } else {
-            self.existing_dir(e.parent_id, &mount.path)?;
+            self.existing_dir(e.parent_id, &parent_of(&mount.path))?;
+            if self.inode(inode.id)?.is_some() {
+                return Err(id_in_use(&mount.path, inode.id));
+            }
             if self.child(e.parent_id, &inode.name)?.is_some() {
                 return Err(Error::AlreadyExists {
                     path: mount.path.clone(),
@@ -662,6 +713,7 @@ impl<'a> Tx<'a> {
             }
             self.put_edge(e.parent_id, &inode.name, inode.id)?;
             self.put_inode(inode.clone())?;
+            self.touch_dir(e.parent_id, inode.mtime_ms)?;
         }
         self.batch.put_cf(
             self.store.cf(CF_MOUNTS)?,
@@ -669,16 +721,17 @@ impl<'a> Tx<'a> {
             mount.encode_to_vec(),
         );
         self.bump_meta(KEY_LAST_MOUNT_ID, mount.mount_id)?;
+        self.mounts.push(mount.clone());
         self.mounts_changed = true;
         Ok(Applied::default())
     }
 
     fn unmount(&mut self, e: &UnmountEntry) -> Result<Applied> {
         let Some(mount) = self
-            .store
-            .mounts()
-            .into_iter()
+            .mounts
+            .iter()
             .find(|m| m.mount_id == e.mount_id)
+            .cloned()
         else {
             return Err(Error::NotAMountPoint {
                 path: e.path.clone(),
@@ -692,14 +745,35 @@ impl<'a> Tx<'a> {
         }
         let rec = self
             .inode(mount.inode_id)?
-            .ok_or_else(|| Error::internal(format!("mount {} has no inode", mount.mount_id)))?;
+            .ok_or_else(|| Error::NotPermitted {
+                path: e.path.clone(),
+                reason: format!("mount {} has lost its directory", mount.mount_id),
+            })?;
         self.delete_edge(rec.parent_id, &rec.name)?;
         let removed_files = self.remove_subtree(rec.id)?;
         self.batch
             .delete_cf(self.store.cf(CF_MOUNTS)?, mount.mount_id.to_be_bytes());
+        self.touch_dir(rec.parent_id, rec.mtime_ms)?;
+        self.mounts.retain(|m| m.mount_id != e.mount_id);
         self.mounts_changed = true;
         Ok(Applied { removed_files })
     }
+}
+
+fn id_in_use(path: &str, id: u64) -> Error {
+    Error::NotPermitted {
+        path: path.to_string(),
+        reason: format!("inode id {id} is already in use"),
+    }
+}
+
+/// `path` without its last `n` components.
+fn ancestor(path: &str, n: usize) -> String {
+    let mut p = path.to_string();
+    for _ in 0..n {
+        p = parent_of(&p);
+    }
+    p
 }
 
 fn parent_of(path: &str) -> String {
@@ -754,6 +828,7 @@ mod tests {
                 parent_id: 1,
                 path: "/a/b".into(),
                 inodes: vec![dir(2, 1, "a", 10), dir(3, 2, "b", 10)],
+                expected_parent_version: None,
             })
             .into(),
             // Conflict: /a exists.
@@ -761,12 +836,14 @@ mod tests {
                 parent_id: 1,
                 path: "/a".into(),
                 inodes: vec![dir(4, 1, "a", 11)],
+                expected_parent_version: None,
             })
             .into(),
             Op::Create(CreateEntry {
                 parent_id: 3,
                 path: "/a/b/f".into(),
                 inodes: vec![file(5, 3, "f", 4)],
+                expected_parent_version: None,
             })
             .into(),
             Op::CompleteFile(CompleteFileEntry {
@@ -781,6 +858,7 @@ mod tests {
                 parent_id: 2,
                 path: "/a".into(),
                 children: vec![file(6, 2, "b", 4), file(7, 2, "u", 4)],
+                expected_version: 0,
             })
             .into(),
             // Conflict: into its own subtree.

@@ -204,6 +204,21 @@ async fn file_dropped_into_mount_is_read_through_then_cached() {
             .cached_percent,
         0
     );
+    // The worker drops the blocks when its next heartbeat brings the order.
+    for _ in 0..100 {
+        if c.worker_counter(strata_worker::metrics::BLOCKS_REMOVED)
+            .await
+            >= 3
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.worker_counter(strata_worker::metrics::BLOCKS_REMOVED)
+            .await
+            >= 3
+    );
     assert_eq!(
         read_all(&c.fs, "/lake/day=1/part-0.bin", ReadType::Cache).await,
         data
@@ -285,7 +300,8 @@ async fn blocks_spread_over_workers_by_hash_and_survive_a_lost_worker() {
     })
     .await;
     let lake = c.new_folder("lake2");
-    let data = pattern((8 * BS) as usize, 5);
+    // 16 blocks: the chance that hashing puts all of them on one worker is 2^-15.
+    let data = pattern((16 * BS) as usize, 5);
     std::fs::write(lake.join("big.bin"), &data).unwrap();
     c.fs.mount("/l", lake.to_str().unwrap(), true)
         .await

@@ -203,11 +203,11 @@ impl UnderStore for LocalStore {
 
     async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>> {
         let full = self.resolve(path)?;
-        let Some(name) = path.components().last() else {
+        if path.is_root() {
             return Err(Error::IsADirectory {
                 path: self.display(path),
             });
-        };
+        }
         let parent = full
             .parent()
             .map(Path::to_path_buf)
@@ -215,8 +215,9 @@ impl UnderStore for LocalStore {
         tokio::fs::create_dir_all(&parent)
             .await
             .map_err(|e| self.err(path, e))?;
+        // A short name: the target's own name may already be at the length limit.
         let temp = parent.join(format!(
-            ".{name}.{}-{}{TEMP_SUFFIX}",
+            ".{}-{}{TEMP_SUFFIX}",
             std::process::id(),
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
@@ -325,7 +326,11 @@ impl UfsWriter for LocalWriter {
             tokio::fs::rename(&self.temp, &self.target).await
         }
         .await;
-        res.map_err(|e| self.err(e))
+        if let Err(e) = res {
+            let _ = tokio::fs::remove_file(&self.temp).await;
+            return Err(self.err(e));
+        }
+        Ok(())
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {

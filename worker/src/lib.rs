@@ -36,6 +36,7 @@ impl MasterLink {
         let channel = Channel::from_shared(format!("http://{master_addr}"))
             .map_err(|e| Error::invalid_argument("master_addresses", e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(MasterLink {
             client: BlockMasterClient::new(channel),

@@ -73,10 +73,11 @@ async fn stream_file(
                 return;
             }
         };
+        // Counted before the send, so a client that has its bytes sees them counted.
+        served.add(n as u64);
         if tx.send(chunk(Bytes::from(buf))).await.is_err() {
             return; // the client went away
         }
-        served.add(n as u64);
         pos += n as u64;
     }
 }
@@ -122,6 +123,8 @@ impl DataService {
             .await;
         match result {
             Ok(()) => {
+                // The client has its bytes: end its stream before talking to the master.
+                drop(tx);
                 if let Some(t) = temp {
                     match self.store.commit(req.block_id, t, false) {
                         Ok(len) => self.master.commit_block(req.block_id, len).await,
@@ -246,10 +249,26 @@ impl DataService {
         let mut cached = Vec::new();
         let to_cache = self.metrics.counter(BYTES_WRITTEN_CACHE);
         let to_ufs = self.metrics.counter(BYTES_WRITTEN_UFS);
+        let mut ended = false;
         while let Some(msg) = stream.message().await.map_err(Error::from)? {
             let data = match msg.msg {
-                Some(proto::write_file_request::Msg::Data(d)) => d,
-                _ => return Err(Error::invalid_argument("data", "expected a data message")),
+                Some(proto::write_file_request::Msg::Data(d)) if !ended => d,
+                Some(proto::write_file_request::Msg::End(end)) if !ended => {
+                    if end.length != total {
+                        return Err(Error::invalid_argument(
+                            "end.length",
+                            format!("client sent {} bytes, worker received {total}", end.length),
+                        ));
+                    }
+                    ended = true;
+                    continue;
+                }
+                _ => {
+                    return Err(Error::invalid_argument(
+                        "data",
+                        "expected a data or end message",
+                    ))
+                }
             };
             total += data.len() as u64;
             if let Some(w) = ufs_writer.as_mut() {
@@ -276,6 +295,11 @@ impl DataService {
                     index += 1;
                 }
             }
+        }
+        if !ended {
+            return Err(Error::unavailable(
+                "write stream ended without its end message; write aborted",
+            ));
         }
         if let Some(t) = cur.take() {
             if t.written() > 0 {

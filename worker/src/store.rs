@@ -31,8 +31,8 @@ struct State {
     next_seq: u64,
     used: u64,
     reserved: u64,
-    added: Vec<BlockId>,
-    removed: Vec<BlockId>,
+    // Last change of each block since the previous heartbeat: true added, false removed.
+    changes: HashMap<BlockId, bool>,
 }
 
 impl State {
@@ -167,8 +167,7 @@ impl BlockStore {
                 st.insert(id, len);
             }
             store.evict_until(&mut st, 0)?;
-            st.added.clear();
-            st.removed.clear();
+            st.changes.clear();
         }
         Ok(store)
     }
@@ -214,7 +213,7 @@ impl BlockStore {
             if let Err(e) = std::fs::remove_file(self.block_path(victim)) {
                 tracing::warn!(block = %victim, "evicted block file could not be removed: {e}");
             }
-            st.removed.push(victim);
+            st.changes.insert(victim, false);
             self.metrics.counter(BLOCKS_EVICTED).inc();
             tracing::debug!(block = %victim, "evicted");
         }
@@ -255,7 +254,10 @@ impl BlockStore {
             .ok_or_else(|| Error::internal("block committed twice"))?;
         let fail = |e: std::io::Error| Error::internal(format!("committing block {id}: {e}"));
         if sync {
-            file.sync_all().map_err(fail)?;
+            if let Err(e) = file.sync_all() {
+                let _ = std::fs::remove_file(&temp.path);
+                return Err(fail(e));
+            }
         }
         drop(file);
         let len = temp.written;
@@ -265,7 +267,7 @@ impl BlockStore {
             return Err(fail(e));
         }
         st.insert(id, len);
-        st.added.push(id);
+        st.changes.insert(id, true);
         drop(st);
         // Returns the reservation now that `used` counts the block.
         drop(temp);
@@ -285,7 +287,7 @@ impl BlockStore {
             Err(e) => {
                 tracing::warn!(block = %id, "indexed block cannot be opened, dropping it: {e}");
                 st.forget(id);
-                st.removed.push(id);
+                st.changes.insert(id, false);
                 None
             }
         }
@@ -301,32 +303,41 @@ impl BlockStore {
         let mut st = self.lock();
         if st.forget(id) {
             let _ = std::fs::remove_file(self.block_path(id));
-            st.removed.push(id);
+            st.changes.insert(id, false);
             self.metrics.counter(BLOCKS_REMOVED).inc();
         }
     }
 
     /// Blocks added and removed since the last call.
     pub fn take_deltas(&self) -> (Vec<BlockId>, Vec<BlockId>) {
-        let mut st = self.lock();
-        (
-            std::mem::take(&mut st.added),
-            std::mem::take(&mut st.removed),
-        )
+        let changes = std::mem::take(&mut self.lock().changes);
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for (id, present) in changes {
+            if present {
+                added.push(id);
+            } else {
+                removed.push(id);
+            }
+        }
+        (added, removed)
     }
 
-    /// Puts back deltas a failed heartbeat could not deliver.
+    /// Puts back deltas a failed heartbeat could not deliver, unless the block
+    /// changed again since.
     pub fn restore_deltas(&self, added: Vec<BlockId>, removed: Vec<BlockId>) {
         let mut st = self.lock();
-        st.added.extend(added);
-        st.removed.extend(removed);
+        for id in added {
+            st.changes.entry(id).or_insert(true);
+        }
+        for id in removed {
+            st.changes.entry(id).or_insert(false);
+        }
     }
 
     /// Every block held, clearing the deltas (a full report supersedes them).
     pub fn full_report(&self) -> (Vec<BlockId>, u64) {
         let mut st = self.lock();
-        st.added.clear();
-        st.removed.clear();
+        st.changes.clear();
         (st.blocks.keys().copied().collect(), st.used)
     }
 }
@@ -361,8 +372,17 @@ mod tests {
         assert_eq!(buf, vec![1u8; 100]);
         assert!(s.used() <= 300);
         let (added, removed) = s.take_deltas();
-        assert_eq!(added.len(), 5);
+        // Only the last change of each block counts: 1, 2, 3 came and went.
+        assert_eq!(added.len(), 2);
         assert_eq!(removed.len(), 3);
+        s.restore_deltas(vec![BlockId(4)], vec![]);
+        s.remove(BlockId(4));
+        let (added, removed) = s.take_deltas();
+        assert!(
+            added.is_empty(),
+            "a restored add must not undo a later removal"
+        );
+        assert_eq!(removed, vec![BlockId(4)]);
     }
 
     #[test]
