@@ -101,7 +101,11 @@ pub struct TestFlags {
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
     /// List a directory (or show a file).
+    #[command(disable_help_flag = true)]
     Ls {
+        /// Print help (`-h` means human-readable sizes here).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// List subdirectories too.
         #[arg(short = 'R')]
         recursive: bool,
@@ -173,7 +177,11 @@ pub enum FsCommand {
         path: String,
     },
     /// Size of files, and how much of it is cached.
+    #[command(disable_help_flag = true)]
     Du {
+        /// Print help (`-h` means human-readable sizes here).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// One total line per argument.
         #[arg(short = 's')]
         summarize: bool,
@@ -399,6 +407,7 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
             recursive,
             human,
             path,
+            ..
         } => {
             let entries = if *recursive {
                 let mut all = walk(&fs, path).await?;
@@ -572,6 +581,7 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
             summarize,
             human,
             path,
+            ..
         } => {
             let files = walk(&fs, path).await?;
             let (mut total, mut cached) = (0u64, 0u64);

@@ -67,3 +67,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Fs(a) => fs::run(load_config(&cli, a.overrides())?, &a.command).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

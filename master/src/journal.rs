@@ -262,7 +262,7 @@ mod tests {
         .into();
         let bytes = entry.encode_to_vec();
         let recorded: &[u8] = &[
-            10, 20, 8, 1, 18, 2, 47, 97, 26, 12, 8, 2, 16, 1, 26, 1, 97, 32, 1, 40, 5,
+            10, 19, 8, 1, 18, 2, 47, 97, 26, 11, 8, 2, 16, 1, 26, 1, 97, 32, 1, 40, 5,
         ];
         assert_eq!(bytes, recorded);
         assert_eq!(JournalEntry::decode(recorded).unwrap(), entry);

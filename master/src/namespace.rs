@@ -213,6 +213,7 @@ impl Namespace {
             complete: !st.is_dir,
             persisted: true,
             mount_id: 0,
+            children_version: 0,
         }
     }
 

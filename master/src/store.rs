@@ -262,17 +262,6 @@ impl MetaStore {
         Ok(out)
     }
 
-    fn has_children(&self, parent: u64) -> Result<bool> {
-        let prefix = parent.to_be_bytes();
-        let mut iter = self.db.iterator_cf(
-            self.cf(CF_EDGES)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        match iter.next() {
-            Some(item) => Ok(item.map_err(storage)?.0.starts_with(&prefix)),
-            None => Ok(false),
-        }
-    }
 
     /// Every key and value of every column family, in order: two stores that applied
     /// the same entries produce equal dumps.

@@ -321,13 +321,10 @@ impl Drop for Daemon {
 /// Extracts the `host:port` after `word` in a banner line such as
 /// `master listening on 127.0.0.1:40123`.
 pub fn address_after(banner: &str, word: &str) -> Option<String> {
-    banner
-        .lines()
-        .find_map(|l| {
-            l.split_once(word)
-                .map(|(_, rest)| rest.split_whitespace().next()?.to_string())
-        })
-        .flatten()
+    banner.lines().find_map(|l| {
+        let (_, rest) = l.split_once(word)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    })
 }
 
 /// Deterministic test bytes: `len` bytes seeded by `seed`.
