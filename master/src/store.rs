@@ -262,7 +262,6 @@ impl MetaStore {
         Ok(out)
     }
 
-
     /// Every key and value of every column family, in order: two stores that applied
     /// the same entries produce equal dumps.
     pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
