@@ -600,11 +600,8 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
                 }
             }
             if *summarize {
-                let pct = if total == 0 {
-                    100
-                } else {
-                    cached * 100 / total
-                };
+                // An empty tree counts as fully cached.
+                let pct = (cached * 100).checked_div(total).unwrap_or(100);
                 println!(
                     "{:>14} {:>20}  {path}",
                     size(total, *human),

@@ -38,6 +38,9 @@ const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
 const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
 
+/// One key of a [`MetaStore::dump`]: column family, key, value.
+pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
+
 /// What an applied entry changed that soft state outside the store must follow.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -264,7 +267,7 @@ impl MetaStore {
 
     /// Every key and value of every column family, in order: two stores that applied
     /// the same entries produce equal dumps.
-    pub fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+    pub fn dump(&self) -> Result<Vec<DumpEntry>> {
         let mut out = Vec::new();
         for cf in ALL_CFS {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
@@ -956,7 +959,7 @@ mod tests {
         let err = s.apply(2, &h[2]).unwrap_err();
         assert_eq!(err, Error::AlreadyExists { path: "/a".into() });
         let after = s.dump().unwrap();
-        let strip = |d: Vec<(String, Vec<u8>, Vec<u8>)>| {
+        let strip = |d: Vec<DumpEntry>| {
             d.into_iter()
                 .filter(|(cf, k, _)| !(cf == CF_META && k == KEY_APPLIED_INDEX))
                 .collect::<Vec<_>>()

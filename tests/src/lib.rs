@@ -327,6 +327,16 @@ pub fn address_after(banner: &str, word: &str) -> Option<String> {
     })
 }
 
+/// Names of the entries of a directory, in order.
+pub async fn list_names(fs: &FileSystem, path: &str) -> Vec<String> {
+    fs.list(path)
+        .await
+        .unwrap_or_else(|e| panic!("list {path}: {e}"))
+        .into_iter()
+        .map(|f| f.name().to_string())
+        .collect()
+}
+
 /// Deterministic test bytes: `len` bytes seeded by `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -2,7 +2,7 @@
 //! read-through and caching of files dropped into a mounted folder, eviction.
 
 use strata_client::{CreateOptions, Error, FileSystem, OpenOptions, ReadType, WriteType};
-use strata_tests::{pattern, ClusterOptions, MiniCluster};
+use strata_tests::{list_names, pattern, ClusterOptions, MiniCluster};
 use strata_worker::metrics::{BLOCKS_EVICTED, BYTES_READ_CACHE, BYTES_READ_UFS};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -132,13 +132,7 @@ async fn file_dropped_into_mount_is_read_through_then_cached() {
         .await
         .unwrap();
 
-    let names: Vec<String> =
-        c.fs.list("/lake")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|f| f.name().to_string())
-            .collect();
+    let names = list_names(&c.fs, "/lake").await;
     assert_eq!(names, ["day=1"]);
     let listed = c.fs.list("/lake/day=1").await.unwrap();
     assert_eq!(listed.len(), 1);

@@ -3,7 +3,7 @@
 
 use strata_client::{CreateOptions, Error, FileSystem, OpenOptions, WriteType};
 use strata_common::proto::{self, worker_service_client::WorkerServiceClient};
-use strata_tests::{pattern, ClusterOptions, MiniCluster};
+use strata_tests::{list_names, pattern, ClusterOptions, MiniCluster};
 use tokio::io::AsyncReadExt;
 
 async fn put(fs: &FileSystem, path: &str, data: &[u8]) {
@@ -179,13 +179,7 @@ async fn bad_input_is_a_clear_error_and_loses_nothing() {
         std::fs::read(c.underfs().join("d/file")).unwrap(),
         b"keep me"
     );
-    let names: Vec<_> = fs
-        .list("/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name().to_string())
-        .collect();
+    let names = list_names(fs, "/").await;
     assert_eq!(names, ["d"]);
     c.stop().await;
 }
@@ -272,13 +266,7 @@ async fn no_path_reaches_outside_a_mount() {
         );
     }
     // Symlinks leading out are neither listed nor reachable.
-    let names: Vec<_> =
-        c.fs.list("/lake")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|f| f.name().to_string())
-            .collect();
+    let names = list_names(&c.fs, "/lake").await;
     assert_eq!(names, ["ok.txt"]);
     for p in ["/lake/link-dir/secret", "/lake/link-file"] {
         let e = c.fs.get_status(p).await.unwrap_err();
