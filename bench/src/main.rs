@@ -64,6 +64,7 @@ async fn bench_read(args: &Args) -> anyhow::Result<()> {
             "/bench/read.bin",
             CreateOptions {
                 write_type: Some(WriteType::MustCache),
+                recursive: true,
                 ..Default::default()
             },
         )

@@ -97,7 +97,9 @@ fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel> {
     let mut ep = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::invalid_argument("address", format!("{addr}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(proto::CONNECTION_WINDOW_BYTES);
     if let Some(t) = timeout {
         ep = ep.timeout(t);
     }

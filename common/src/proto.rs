@@ -10,3 +10,9 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Bytes in one data message of a block read or file write stream.
 pub const DATA_CHUNK_BYTES: usize = 1 << 20;
+
+/// HTTP/2 flow-control window of one data stream. The protocol's default (64 KiB)
+/// would stall a stream of 1 MiB chunks after every message.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// HTTP/2 flow-control window of one connection (all its streams).
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;

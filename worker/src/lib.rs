@@ -208,6 +208,8 @@ pub async fn start(deps: WorkerDeps) -> Result<WorkerHandle> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .initial_stream_window_size(proto::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(proto::CONNECTION_WINDOW_BYTES)
             .add_service(grpc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
