@@ -349,7 +349,8 @@ impl Namespace {
         matches!(self.store.get_inode(b.file().0), Ok(Some(rec)) if !rec.is_dir)
     }
 
-    /// Loads the children the under-store has and the namespace lacks.
+    /// Loads the children the under-store has and the namespace lacks, and drops the
+    /// complete, persisted files it no longer has.
     async fn sync_children(&self, path: &StrataPath, dir_id: u64) -> Result<()> {
         let Some(hit) = self.mount_for(path) else {
             return Ok(());
@@ -359,12 +360,51 @@ impl Namespace {
             // The version is read before listing: apply refuses the load if the
             // directory changed after this point (a delete must not be undone).
             let version = self.inode(dir_id)?.children_version;
+            // Files that are complete and persisted before the listing starts: if the
+            // listing lacks one, it was removed outside Strata. (A file completed
+            // after this point is not a candidate, however the listing raced it.)
+            let mut persisted_files = Vec::new();
+            for (name, id) in self.store.list_children(dir_id)? {
+                if let Some(rec) = self.store.get_inode(id)? {
+                    if !rec.is_dir && rec.complete && rec.persisted {
+                        persisted_files.push((name, id));
+                    }
+                }
+            }
             let listed = match ufs.list(&hit.ufs_path()?).await {
                 Ok(v) => v,
                 // The directory exists only in Strata (written MUST_CACHE): nothing to load.
                 Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             };
+            let present: std::collections::HashSet<&str> =
+                listed.iter().map(|st| st.name.as_str()).collect();
+            let mut removed_any = false;
+            for (name, id) in persisted_files {
+                if present.contains(name.as_str()) {
+                    continue;
+                }
+                let gone = DeleteEntry {
+                    parent_id: dir_id,
+                    path: path.join(&name)?.to_string(),
+                    name,
+                    id,
+                    recursive: false,
+                    mtime_ms: now_ms(),
+                };
+                match self.propose(Op::Delete(gone)).await {
+                    Ok(applied) => {
+                        self.registry.drop_files(&applied.removed_files);
+                        removed_any = true;
+                    }
+                    // Renamed or deleted through Strata meanwhile.
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if removed_any {
+                continue; // the directory changed: list again before loading
+            }
             let mut children = Vec::new();
             for st in &listed {
                 if self.store.get_child(dir_id, &st.name)?.is_none() {

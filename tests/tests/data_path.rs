@@ -189,6 +189,19 @@ async fn file_dropped_into_mount_is_read_through_then_cached() {
         b"direct"
     );
 
+    // A file removed from the folder outside Strata leaves the listing, cache and all.
+    std::fs::write(lake.join("day=1/gone.bin"), b"short-lived").unwrap();
+    assert_eq!(
+        read_all(&c.fs, "/lake/day=1/gone.bin", ReadType::Cache).await,
+        b"short-lived"
+    );
+    std::fs::remove_file(lake.join("day=1/gone.bin")).unwrap();
+    assert_eq!(list_names(&c.fs, "/lake/day=1").await, ["part-0.bin"]);
+    assert!(matches!(
+        c.fs.get_status("/lake/day=1/gone.bin").await,
+        Err(Error::NotFound { .. })
+    ));
+
     // free drops the cached copies; the next read goes back to the under-store.
     assert!(c.fs.free("/lake").await.unwrap() >= 3);
     assert_eq!(
