@@ -296,6 +296,38 @@ async fn eviction_under_a_small_quota_keeps_reads_correct() {
         msg.contains("/ev/volatile") && msg.contains("MUST_CACHE"),
         "{msg}"
     );
+    // A MUST_CACHE file larger than the tier cannot evict its own first blocks: the
+    // write fails with a clear error and leaves no file behind.
+    let mut w =
+        c.fs.create(
+            "/ev/too-big",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let big = pattern((5 * BS) as usize, 3);
+    let mut res = Ok(());
+    for piece in big.chunks(BS as usize) {
+        res = w.write(piece).await;
+        if res.is_err() {
+            break;
+        }
+    }
+    let err = match res {
+        Err(e) => e,
+        Ok(()) => w
+            .close()
+            .await
+            .expect_err("5 blocks cannot fit a 4-block tier"),
+    };
+    assert!(matches!(err, Error::NoSpace { .. }), "{err}");
+    assert!(matches!(
+        c.fs.get_status("/ev/too-big").await,
+        Err(Error::NotFound { .. })
+    ));
     c.stop().await;
 }
 

@@ -321,8 +321,10 @@ mod tests {
     use super::*;
 
     fn cfg(data: &Path, mem_dir: &Path, quota: u64) -> SiteConfig {
-        let mut c = SiteConfig::default();
-        c.data_dir = data.to_path_buf();
+        let mut c = SiteConfig {
+            data_dir: data.to_path_buf(),
+            ..Default::default()
+        };
         c.worker.mem_dir = mem_dir.to_path_buf();
         c.worker.mem_quota = strata_common::units::ByteSize(quota);
         c
@@ -332,16 +334,28 @@ mod tests {
     fn mem_tier_uses_tmpfs_when_it_fits_and_falls_back_otherwise() {
         let data = tempfile::tempdir().unwrap();
         let shm = tempfile::tempdir().unwrap();
-        let fallback = std::fs::canonicalize(data.path()).unwrap().join("worker").join("mem");
+        let fallback = std::fs::canonicalize(data.path())
+            .unwrap()
+            .join("worker")
+            .join("mem");
 
         let dir = mem_tier_dir(&cfg(data.path(), shm.path(), 1 << 20)).unwrap();
         assert!(dir.starts_with(shm.path()), "{}", dir.display());
         // Stable for the same data dir, so cached blocks survive a restart.
-        assert_eq!(dir, mem_tier_dir(&cfg(data.path(), shm.path(), 1 << 20)).unwrap());
+        assert_eq!(
+            dir,
+            mem_tier_dir(&cfg(data.path(), shm.path(), 1 << 20)).unwrap()
+        );
 
         let missing = shm.path().join("not-there");
-        assert_eq!(mem_tier_dir(&cfg(data.path(), &missing, 1 << 20)).unwrap(), fallback);
+        assert_eq!(
+            mem_tier_dir(&cfg(data.path(), &missing, 1 << 20)).unwrap(),
+            fallback
+        );
         // A quota larger than any disk here: the folder is too small.
-        assert_eq!(mem_tier_dir(&cfg(data.path(), shm.path(), 1 << 60)).unwrap(), fallback);
+        assert_eq!(
+            mem_tier_dir(&cfg(data.path(), shm.path(), 1 << 60)).unwrap(),
+            fallback
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use strata_common::ids::BlockId;
 use strata_common::proto::{self, worker_service_server::WorkerService, DATA_CHUNK_BYTES};
-use strata_common::types::{ReadBlock, ReadType, UfsBlockSource, WriteFileHeader};
+use strata_common::types::{ReadBlock, ReadType, UfsBlockSource, WriteFileHeader, WriteType};
 use strata_common::{Error, Result};
 use strata_ufs::{StoreCache, UfsPath, UfsReader, UfsWriter};
 use tokio::io::AsyncReadExt;
@@ -248,6 +248,9 @@ impl DataService {
         let mut total = 0u64;
         let mut cached = Vec::new();
         let to_cache = self.metrics.counter(BYTES_WRITTEN_CACHE);
+        // Storage holds a MUST_CACHE file's only copy: evicting its first blocks to
+        // make room for its last would lose it. Better a clear "no space" error.
+        let _pin = (h.write_type == WriteType::MustCache).then(|| self.store.pin_file(h.file_id));
         let to_ufs = self.metrics.counter(BYTES_WRITTEN_UFS);
         let mut ended = false;
         while let Some(msg) = stream.message().await.map_err(Error::from)? {

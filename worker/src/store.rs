@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use strata_common::ids::BlockId;
+use strata_common::ids::{BlockId, FileId};
 use strata_common::{Error, Result};
 
 struct Entry {
@@ -33,6 +33,9 @@ struct State {
     reserved: u64,
     // Last change of each block since the previous heartbeat: true added, false removed.
     changes: HashMap<BlockId, bool>,
+    // Files being written MUST_CACHE, with how many writers: their blocks are not
+    // evicted, since storage holds their only copy and the writer has not finished.
+    pinned_files: HashMap<u64, usize>,
 }
 
 impl State {
@@ -77,6 +80,24 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let mut st = self.store.lock();
         st.reserved -= self.bytes;
+    }
+}
+
+/// Keeps one file's blocks from eviction while it lives.
+pub struct FilePin {
+    store: Arc<BlockStore>,
+    file: FileId,
+}
+
+impl Drop for FilePin {
+    fn drop(&mut self) {
+        let mut st = self.store.lock();
+        if let Some(n) = st.pinned_files.get_mut(&self.file.0) {
+            *n -= 1;
+            if *n == 0 {
+                st.pinned_files.remove(&self.file.0);
+            }
+        }
     }
 }
 
@@ -198,15 +219,22 @@ impl BlockStore {
     /// Evicts least recently used blocks until `needed` more bytes fit.
     fn evict_until(&self, st: &mut State, needed: u64) -> Result<()> {
         while st.used + st.reserved + needed > self.quota {
-            let Some((_, victim)) = st.lru.pop_first() else {
+            let candidate = st
+                .lru
+                .iter()
+                .find(|(_, id)| !st.pinned_files.contains_key(&id.file().0))
+                .map(|(seq, id)| (*seq, *id));
+            let Some((seq, victim)) = candidate else {
                 return Err(Error::NoSpace {
                     what: "MEM tier".into(),
                     reason: format!(
-                        "{needed} bytes do not fit: quota {}, {} bytes reserved by writes in flight",
+                        "{needed} bytes do not fit: quota {}, {} bytes reserved by writes in flight, \
+                         the rest held by files being written MUST_CACHE",
                         self.quota, st.reserved
                     ),
                 });
             };
+            st.lru.remove(&seq);
             if let Some(e) = st.blocks.remove(&victim) {
                 st.used -= e.length;
             }
@@ -218,6 +246,15 @@ impl BlockStore {
             tracing::debug!(block = %victim, "evicted");
         }
         Ok(())
+    }
+
+    /// Keeps the blocks of `file` from eviction until the returned pin drops.
+    pub fn pin_file(self: &Arc<Self>, file: FileId) -> FilePin {
+        *self.lock().pinned_files.entry(file.0).or_insert(0) += 1;
+        FilePin {
+            store: self.clone(),
+            file,
+        }
     }
 
     /// Starts a block of at most `max_len` bytes, evicting to make room.
@@ -399,6 +436,32 @@ mod tests {
         assert_eq!(
             std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
             0
+        );
+    }
+
+    #[test]
+    fn blocks_of_files_being_written_must_cache_are_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), 300, Arc::new(WorkerMetrics::default())).unwrap();
+        let f = FileId(9);
+        let id = |i| BlockId::new(f, i).unwrap().0;
+        let pin = s.pin_file(f);
+        put(&s, id(0), 100);
+        put(&s, 1, 100); // another file's block
+        put(&s, id(1), 100);
+        // The other file's block goes; the pinned file's blocks stay.
+        put(&s, id(2), 100);
+        assert!(!s.contains(BlockId(1)));
+        let err = s.begin(100).err().expect("only pinned blocks are left");
+        assert!(err.to_string().contains("MUST_CACHE"), "{err}");
+        for i in 0..3 {
+            assert!(s.contains(BlockId(id(i))));
+        }
+        drop(pin);
+        assert!(s.begin(100).is_ok());
+        assert!(
+            !s.contains(BlockId(id(0))),
+            "unpinned, the oldest block is evicted"
         );
     }
 
