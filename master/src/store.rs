@@ -104,7 +104,7 @@ impl MetaStore {
             mounts: RwLock::new(Vec::new()),
         };
         store.ensure_root()?;
-        store.reload_mounts()?;
+        store.load_mounts()?;
         Ok(store)
     }
 
@@ -140,7 +140,8 @@ impl MetaStore {
         self.db.write(batch).map_err(storage)
     }
 
-    fn reload_mounts(&self) -> Result<()> {
+    /// Reads the mount table at open; afterwards apply publishes each change itself.
+    fn load_mounts(&self) -> Result<()> {
         let mut out = Vec::new();
         for item in self
             .db
