@@ -5,7 +5,7 @@
 //! status details as an [`ErrorDetail`], so a client sees the same variant the master
 //! produced, never a string to pattern-match.
 
-use crate::proto::ErrorDetail;
+use crate::proto::{ErrorDetail, ErrorKind};
 use prost::Message;
 
 /// Result with Strata's [`Error`].
@@ -58,6 +58,15 @@ pub enum Error {
         reason: String,
         temporary: bool,
     },
+    /// A worker's block storage failed for a reason other than space (an I/O error
+    /// on the tier's disk). Another worker, or a later try, may succeed.
+    #[error("{what}: storage error: {reason}")]
+    StorageIo { what: String, reason: String },
+    /// The under-store file is no longer the one Strata recorded (it changed or was
+    /// replaced outside Strata, or renamed under a reader): its bytes are not served
+    /// or cached as the recorded file's.
+    #[error("{path}: changed in the under-store: {reason}")]
+    UfsChanged { path: String, reason: String },
     /// A peer (master, worker) cannot be reached or is not ready.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
@@ -93,7 +102,7 @@ impl Error {
     /// layer only (the client's RPC wrapper), which asks this.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Unavailable { .. } => true,
+            Error::Unavailable { .. } | Error::StorageIo { .. } => true,
             Error::UnderStore { temporary, .. } => *temporary,
             Error::NotFound { .. }
             | Error::AlreadyExists { .. }
@@ -107,54 +116,63 @@ impl Error {
             | Error::InvalidArgument { .. }
             | Error::BlockNotFound { .. }
             | Error::NoSpace { .. }
+            | Error::UfsChanged { .. }
             | Error::Internal { .. } => false,
         }
     }
 
     fn to_detail(&self) -> (tonic::Code, ErrorDetail) {
         use tonic::Code;
-        let d = |kind: &str, path: &str, reason: &str| ErrorDetail {
-            kind: kind.to_string(),
+        use ErrorKind as K;
+        let d = |kind: K, path: &str, reason: &str| ErrorDetail {
+            kind: kind as i32,
             path: path.to_string(),
             reason: reason.to_string(),
             block_id: 0,
+            temporary: false,
         };
         match self {
-            Error::NotFound { path } => (Code::NotFound, d("not_found", path, "")),
-            Error::AlreadyExists { path } => (Code::AlreadyExists, d("already_exists", path, "")),
+            Error::NotFound { path } => (Code::NotFound, d(K::NotFound, path, "")),
+            Error::AlreadyExists { path } => (Code::AlreadyExists, d(K::AlreadyExists, path, "")),
             Error::NotADirectory { path } => {
-                (Code::FailedPrecondition, d("not_a_directory", path, ""))
+                (Code::FailedPrecondition, d(K::NotADirectory, path, ""))
             }
             Error::IsADirectory { path } => {
-                (Code::FailedPrecondition, d("is_a_directory", path, ""))
+                (Code::FailedPrecondition, d(K::IsADirectory, path, ""))
             }
             Error::DirectoryNotEmpty { path } => {
-                (Code::FailedPrecondition, d("directory_not_empty", path, ""))
+                (Code::FailedPrecondition, d(K::DirectoryNotEmpty, path, ""))
             }
             Error::InvalidPath { path, reason } => {
-                (Code::InvalidArgument, d("invalid_path", path, reason))
+                (Code::InvalidArgument, d(K::InvalidPath, path, reason))
             }
             Error::NotPermitted { path, reason } => {
-                (Code::FailedPrecondition, d("not_permitted", path, reason))
+                (Code::FailedPrecondition, d(K::NotPermitted, path, reason))
             }
             Error::NotAMountPoint { path } => {
-                (Code::FailedPrecondition, d("not_a_mount_point", path, ""))
+                (Code::FailedPrecondition, d(K::NotAMountPoint, path, ""))
             }
             Error::FileIncomplete { path } => {
-                (Code::FailedPrecondition, d("file_incomplete", path, ""))
+                (Code::FailedPrecondition, d(K::FileIncomplete, path, ""))
             }
             Error::InvalidArgument { field, reason } => {
-                (Code::InvalidArgument, d("invalid_argument", field, reason))
+                (Code::InvalidArgument, d(K::InvalidArgument, field, reason))
             }
             Error::BlockNotFound { block_id } => (
                 Code::NotFound,
                 ErrorDetail {
                     block_id: *block_id,
-                    ..d("block_not_found", "", "")
+                    ..d(K::BlockNotFound, "", "")
                 },
             ),
             Error::NoSpace { what, reason } => {
-                (Code::ResourceExhausted, d("no_space", what, reason))
+                (Code::ResourceExhausted, d(K::NoSpace, what, reason))
+            }
+            Error::StorageIo { what, reason } => {
+                (Code::Unavailable, d(K::StorageIo, what, reason))
+            }
+            Error::UfsChanged { path, reason } => {
+                (Code::FailedPrecondition, d(K::UfsChanged, path, reason))
             }
             Error::UnderStore {
                 path,
@@ -162,52 +180,53 @@ impl Error {
                 temporary,
             } => (
                 Code::Unavailable,
-                d(
-                    if *temporary {
-                        "under_store_temporary"
-                    } else {
-                        "under_store"
-                    },
-                    path,
-                    reason,
-                ),
+                ErrorDetail {
+                    temporary: *temporary,
+                    ..d(K::UnderStore, path, reason)
+                },
             ),
-            Error::Unavailable { reason } => (Code::Unavailable, d("unavailable", "", reason)),
-            Error::Internal { reason } => (Code::Internal, d("internal", "", reason)),
+            Error::Unavailable { reason } => (Code::Unavailable, d(K::Unavailable, "", reason)),
+            Error::Internal { reason } => (Code::Internal, d(K::Internal, "", reason)),
         }
     }
 
     fn from_detail(detail: ErrorDetail) -> Option<Self> {
+        use ErrorKind as K;
+        let kind = K::try_from(detail.kind).ok()?;
         let ErrorDetail {
-            kind,
             path,
             reason,
             block_id,
+            temporary,
+            ..
         } = detail;
-        Some(match kind.as_str() {
-            "not_found" => Error::NotFound { path },
-            "already_exists" => Error::AlreadyExists { path },
-            "not_a_directory" => Error::NotADirectory { path },
-            "is_a_directory" => Error::IsADirectory { path },
-            "directory_not_empty" => Error::DirectoryNotEmpty { path },
-            "invalid_path" => Error::InvalidPath { path, reason },
-            "not_permitted" => Error::NotPermitted { path, reason },
-            "not_a_mount_point" => Error::NotAMountPoint { path },
-            "file_incomplete" => Error::FileIncomplete { path },
-            "invalid_argument" => Error::InvalidArgument {
+        Some(match kind {
+            K::NotFound => Error::NotFound { path },
+            K::AlreadyExists => Error::AlreadyExists { path },
+            K::NotADirectory => Error::NotADirectory { path },
+            K::IsADirectory => Error::IsADirectory { path },
+            K::DirectoryNotEmpty => Error::DirectoryNotEmpty { path },
+            K::InvalidPath => Error::InvalidPath { path, reason },
+            K::NotPermitted => Error::NotPermitted { path, reason },
+            K::NotAMountPoint => Error::NotAMountPoint { path },
+            K::FileIncomplete => Error::FileIncomplete { path },
+            K::InvalidArgument => Error::InvalidArgument {
                 field: path,
                 reason,
             },
-            "block_not_found" => Error::BlockNotFound { block_id },
-            "no_space" => Error::NoSpace { what: path, reason },
-            "under_store" | "under_store_temporary" => Error::UnderStore {
+            K::BlockNotFound => Error::BlockNotFound { block_id },
+            K::NoSpace => Error::NoSpace { what: path, reason },
+            K::StorageIo => Error::StorageIo { what: path, reason },
+            K::UfsChanged => Error::UfsChanged { path, reason },
+            K::UnderStore => Error::UnderStore {
                 path,
                 reason,
-                temporary: kind == "under_store_temporary",
+                temporary,
             },
-            "unavailable" => Error::Unavailable { reason },
-            "internal" => Error::Internal { reason },
-            _ => return None,
+            K::Unavailable => Error::Unavailable { reason },
+            K::Internal => Error::Internal { reason },
+            // A peer that set no kind sent no Strata error: map by status code.
+            K::Unspecified => return None,
         })
     }
 }
@@ -305,6 +324,14 @@ mod tests {
                 path: p(),
                 reason: r(),
                 temporary: false,
+            },
+            Error::StorageIo {
+                what: "block 7".into(),
+                reason: r(),
+            },
+            Error::UfsChanged {
+                path: p(),
+                reason: r(),
             },
             Error::Unavailable { reason: r() },
             Error::Internal { reason: r() },

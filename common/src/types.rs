@@ -313,6 +313,71 @@ impl From<UfsLocation> for proto::UfsLocation {
     }
 }
 
+/// Identity of an under-store file's content as Strata recorded it.
+///
+/// A read-through compares it with the file it opens, and the master compares it
+/// with the file's record before it accepts a block read that way: bytes of another
+/// file (one renamed into the path, or changed in place) are never cached as this
+/// one's. `version` is opaque to everyone but the backend that made it; empty means
+/// only the length is known (files recorded before versions were kept).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UfsFingerprint {
+    /// Bytes in the file.
+    pub length: u64,
+    /// Backend-specific content identity (local folder: inode number and mtime).
+    pub version: String,
+}
+
+impl UfsFingerprint {
+    /// Why `found` is not the file this fingerprint describes, if it is not.
+    pub fn mismatch(&self, found: &UfsFingerprint) -> Option<String> {
+        if self.length != found.length {
+            return Some(format!(
+                "{} bytes recorded, {} found",
+                self.length, found.length
+            ));
+        }
+        if !self.version.is_empty() && self.version != found.version {
+            return Some(format!(
+                "version {:?} recorded, {:?} found",
+                self.version, found.version
+            ));
+        }
+        None
+    }
+}
+
+/// Longest fingerprint version accepted from the wire (an ETag is under 100 bytes).
+pub const MAX_FINGERPRINT_VERSION_BYTES: usize = 1024;
+
+impl TryFrom<proto::UfsFingerprint> for UfsFingerprint {
+    type Error = Error;
+    fn try_from(p: proto::UfsFingerprint) -> Result<Self> {
+        if p.version.len() > MAX_FINGERPRINT_VERSION_BYTES {
+            return Err(Error::invalid_argument(
+                "fingerprint.version",
+                format!(
+                    "{} bytes, more than {MAX_FINGERPRINT_VERSION_BYTES}",
+                    p.version.len()
+                ),
+            ));
+        }
+        Ok(UfsFingerprint {
+            length: p.length,
+            version: p.version,
+        })
+    }
+}
+
+impl From<UfsFingerprint> for proto::UfsFingerprint {
+    fn from(f: UfsFingerprint) -> Self {
+        proto::UfsFingerprint {
+            length: f.length,
+            version: f.version,
+        }
+    }
+}
+
 /// One block of a file and the workers holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockLocation {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-pub use strata_common::types::UfsLocation;
+pub use strata_common::types::{UfsFingerprint, UfsLocation};
 use strata_common::{Error, Result};
 use tokio::io::AsyncRead;
 
@@ -80,6 +80,19 @@ pub struct UfsStatus {
     pub length: u64,
     /// Modification time, ms since the epoch.
     pub mtime_ms: i64,
+    /// Backend-specific identity of the content (see [`UfsFingerprint`]); empty for
+    /// directories.
+    pub version: String,
+}
+
+impl UfsStatus {
+    /// The fingerprint of the file this status describes.
+    pub fn fingerprint(&self) -> UfsFingerprint {
+        UfsFingerprint {
+            length: self.length,
+            version: self.version.clone(),
+        }
+    }
 }
 
 /// A byte stream from an under-store.
@@ -91,8 +104,10 @@ pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
 pub trait UfsWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, data: Bytes) -> Result<()>;
-    /// Makes the file durable and visible at its path, replacing any file there.
-    async fn complete(self: Box<Self>) -> Result<()>;
+    /// Makes the file durable and visible at its path, replacing any file there;
+    /// returns the status of the file as written (its fingerprint is what readers
+    /// will expect).
+    async fn complete(self: Box<Self>) -> Result<UfsStatus>;
     /// Discards what was written.
     async fn abort(self: Box<Self>) -> Result<()>;
 }
@@ -106,8 +121,17 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
     async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>>;
     /// Entries of the directory at `path`, in name order.
     async fn list(&self, path: &UfsPath) -> Result<Vec<UfsStatus>>;
-    /// A reader of `length` bytes from `offset` of the file at `path`.
-    async fn open_range(&self, path: &UfsPath, offset: u64, length: u64) -> Result<UfsReader>;
+    /// A reader of `length` bytes from `offset` of the file at `path`, which must be
+    /// the file `expect` describes: a file with another fingerprint (replaced,
+    /// changed in place) is refused with [`Error::UfsChanged`], and the check and the
+    /// read concern the same file (no window between them).
+    async fn open_range(
+        &self,
+        path: &UfsPath,
+        offset: u64,
+        length: u64,
+        expect: &UfsFingerprint,
+    ) -> Result<UfsReader>;
     /// Starts writing the file at `path`, creating missing parent directories.
     async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>>;
     /// Creates the directory at `path` and its missing parents; an existing
