@@ -271,3 +271,153 @@ fn local_cluster_and_readme_tour_work_as_written() {
     let status = local.terminate();
     assert!(status.success(), "strata local exit status {status}");
 }
+
+fn start_worker(wdata: &Path, mem: &Path, master: &str) -> Daemon {
+    Daemon::spawn(
+        Path::new(BIN),
+        &[
+            "worker",
+            "--port",
+            "0",
+            "--data-dir",
+            wdata.to_str().unwrap(),
+            "--master",
+            master,
+            "-D",
+            "worker.heartbeat_interval=\"100ms\"",
+            "-D",
+            &format!("worker.mem_dir={:?}", mem.display().to_string()),
+        ],
+        &[],
+        "worker listening on",
+    )
+}
+
+/// The master is formatted (a fresh metastore: inode ids start over) while a worker
+/// keeps its warm tier. Blocks cached for the old namespace carry the same ids as
+/// the new namespace's first files: they must never be served as those files' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_then_restart_with_a_warm_worker_serves_the_new_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let (m1, m2, u1, u2, wdata) = (
+        root.path().join("m1"),
+        root.path().join("m2"),
+        root.path().join("u1"),
+        root.path().join("u2"),
+        root.path().join("w"),
+    );
+    for d in [&u1, &u2] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let old = pattern(150_000, 1);
+    let new = pattern(150_000, 2);
+    std::fs::write(u1.join("f"), &old).unwrap();
+    std::fs::write(u2.join("f"), &new).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let master = start_master(&m1, &u1, port);
+    let mem = mem_tempdir();
+    let _worker = start_worker(&wdata, mem.path(), &addr);
+    let fs = client(&addr).await;
+    wait_for_worker(&fs).await;
+    let first = fs.get_status("/f").await.unwrap();
+    assert_eq!(read(&fs, "/f").await, old);
+    // Wait until the blocks are cached and known to the master.
+    for _ in 0..100 {
+        if fs.get_status("/f").await.unwrap().cached_percent == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fs.get_status("/f").await.unwrap().cached_percent, 100);
+    master.kill();
+
+    // A new cluster on the same address: the same path gets the same inode id.
+    let master = start_master(&m2, &u2, port);
+    let second = fs.get_status("/f").await.unwrap();
+    assert_eq!(second.id, first.id, "the test needs colliding block ids");
+    wait_for_worker(&fs).await;
+    assert_eq!(
+        fs.get_status("/f").await.unwrap().cached_percent,
+        0,
+        "the old cluster's blocks must not count for the new one"
+    );
+    assert_eq!(read(&fs, "/f").await, new);
+    drop(master);
+}
+
+/// Two workers; the one serving a long read is killed (SIGKILL) part way. The read
+/// resumes on the other worker from the byte where it stopped and is byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_read_is_replaced_and_the_read_is_exact() {
+    let root = tempfile::tempdir().unwrap();
+    let (mdata, ufs) = (root.path().join("m"), root.path().join("ufs"));
+    std::fs::create_dir_all(&ufs).unwrap();
+    // One block of 24 MiB: more than a stream's flow-control window (8 MiB) plus the
+    // chunks in flight, so most of it is still at the worker when it dies.
+    let data = pattern(24 << 20, 5);
+    std::fs::write(ufs.join("big"), &data).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _master = start_master(&mdata, &ufs, port);
+    let mems = [mem_tempdir(), mem_tempdir()];
+    let mut workers: Vec<Option<Daemon>> = (0..2)
+        .map(|i| {
+            Some(start_worker(
+                &root.path().join(format!("w{i}")),
+                mems[i].path(),
+                &addr,
+            ))
+        })
+        .collect();
+    let mut cfg = test_config(Path::new("/nonexistent"), &[]);
+    cfg.master_addresses = vec![addr.clone()];
+    cfg.client.block_size = strata_common::units::ByteSize(32 << 20);
+    cfg.client.chunk_size = strata_common::units::ByteSize(64 << 10);
+    let fs = FileSystem::connect(&cfg).await.unwrap();
+    for _ in 0..200 {
+        if fs.workers().await.map(|w| w.len()).unwrap_or(0) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fs.workers().await.unwrap().len(), 2);
+    let mut r = fs
+        .open(
+            "/big",
+            OpenOptions {
+                read_type: Some(strata_client::ReadType::NoCache),
+            },
+        )
+        .await
+        .unwrap();
+    // Read the first MiB slowly, then kill whichever worker is serving it.
+    let mut got = vec![0u8; 1 << 20];
+    r.read_exact(&mut got).await.unwrap();
+    let mut serving = None;
+    for (i, w) in fs.workers().await.unwrap().iter().enumerate() {
+        let m = fs
+            .worker_metrics(&w.address.rpc_address)
+            .await
+            .unwrap_or_default();
+        if m.get("worker.bytes_read_ufs").copied().unwrap_or(0) > 0 {
+            serving = Some((i, w.address.rpc_address.clone()));
+        }
+    }
+    let (_, serving_addr) = serving.expect("one worker is serving the read");
+    for w in workers.iter_mut() {
+        let Some(d) = w.as_ref() else { continue };
+        if address_after(&d.banner, "listening on").as_deref() == Some(serving_addr.as_str()) {
+            w.take().unwrap().kill();
+        }
+    }
+    assert!(
+        workers.iter().filter(|w| w.is_some()).count() == 1,
+        "killed the serving worker"
+    );
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.unwrap();
+    got.extend_from_slice(&rest);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the resumed read is byte-exact");
+}

@@ -83,7 +83,7 @@ pub struct WorkerSummary {
 /// How long the worker list is reused before asking the master again.
 const WORKER_LIST_TTL: Duration = Duration::from_secs(3);
 /// Attempts of an idempotent metadata read that failed with a temporary error.
-const READ_ATTEMPTS: u32 = 3;
+pub(crate) const READ_ATTEMPTS: u32 = 3;
 
 pub(crate) struct Inner {
     master: FileSystemMasterClient<Channel>,
@@ -93,11 +93,20 @@ pub(crate) struct Inner {
     workers: Mutex<Option<(Instant, Vec<WorkerAddress>)>>,
 }
 
-fn channel(addr: &str, timeout: Option<Duration>) -> Result<Channel> {
+/// A lazily connected channel with the configured connect timeout and keepalive:
+/// HTTP/2 pings every `keepalive_interval`, and a peer that does not answer one
+/// within another interval is dropped, so a vanished worker or master fails the
+/// calls on it instead of hanging them.
+fn channel(addr: &str, conf: &ClientConfig, timeout: Option<Duration>) -> Result<Channel> {
+    let keepalive = conf.keepalive_interval.0;
     let mut ep = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::invalid_argument("address", format!("{addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(conf.connect_timeout.0)
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(keepalive))
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(proto::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(proto::CONNECTION_WINDOW_BYTES);
     if let Some(t) = timeout {
@@ -116,7 +125,7 @@ impl Inner {
         let ch = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = channel(addr, None)?;
+                let c = channel(addr, &self.conf, None)?;
                 map.insert(addr.to_string(), c.clone());
                 c
             }
@@ -195,9 +204,13 @@ impl FileSystem {
             .master_addresses
             .first()
             .ok_or_else(|| Error::invalid_argument("master_addresses", "empty"))?;
-        let master = FileSystemMasterClient::new(channel(addr, Some(conf.client.rpc_timeout.0))?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let master = FileSystemMasterClient::new(channel(
+            addr,
+            &conf.client,
+            Some(conf.client.rpc_timeout.0),
+        )?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let local_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
@@ -309,7 +322,12 @@ impl FileSystem {
             .ok_or_else(|| Error::internal("master answered without info"))?
             .try_into()?;
         let ufs = resp.ufs.map(UfsLocation::try_from).transpose()?;
-        Ok(FileWriter::new(self.inner.clone(), info, write_type, ufs))
+        let created = writer::Created {
+            info,
+            ufs,
+            cluster_id: resp.cluster_id,
+        };
+        Ok(FileWriter::new(self.inner.clone(), created, write_type))
     }
 
     /// Opens a complete file for reading.

@@ -4,10 +4,13 @@
 //! block stream, from the current position to the end of that block. A seek drops
 //! it; the next read opens a stream at the new position. [`FileReader::read_at`]
 //! reads at an offset without moving the position.
+//!
+//! A block read that fails part way (its worker died, stalled past
+//! `client.data_timeout`, or ended short) resumes on the next candidate worker from
+//! the first byte not yet received, up to three workers per block.
 
 use crate::Inner;
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use std::io;
@@ -22,7 +25,6 @@ type BlockStream = BoxStream<'static, Result<Bytes>>;
 
 enum State {
     Idle,
-    Opening(BoxFuture<'static, Result<BlockStream>>),
     Streaming {
         stream: BlockStream,
         buf: Bytes,
@@ -50,20 +52,22 @@ fn io_err(e: Error) -> io::Error {
 }
 
 /// Opens a stream of `length` bytes at `offset` of block `index`, trying the
-/// candidate workers in order while they are unreachable.
+/// candidate workers in order while they are unreachable, skipping those in
+/// `skip` (they failed this read already). Returns the stream and its worker.
 async fn open_block(
-    fs: Arc<Inner>,
-    blocks: Arc<FileBlocks>,
+    fs: &Inner,
+    blocks: &FileBlocks,
     read_type: ReadType,
     index: usize,
-    offset: u64,
-    length: u64,
-) -> Result<BlockStream> {
+    (offset, length): (u64, u64),
+    skip: &[String],
+) -> Result<(BlockStream, String)> {
     let b = &blocks.blocks[index];
     let source = blocks.ufs.clone().map(|location| UfsBlockSource {
         location,
         block_start: b.offset,
         block_length: b.length,
+        fingerprint: blocks.ufs_fingerprint.clone(),
     });
     let mut candidates = fs.prefer_local(b.workers.clone());
     if source.is_some() {
@@ -74,30 +78,36 @@ async fn open_block(
             }
         }
     }
+    candidates.retain(|w| !skip.contains(&w.rpc_address));
     let req = ReadBlock {
         block_id: b.block_id,
         offset,
         length,
         read_type,
         source,
+        cluster_id: blocks.cluster_id.clone(),
     };
     let mut last = None;
     for w in candidates {
         let mut client = fs.worker(&w.rpc_address)?;
-        match client
-            .read_block(strata_common::proto::ReadBlockRequest::from(req.clone()))
-            .await
-        {
+        let call = client.read_block(strata_common::proto::ReadBlockRequest::from(req.clone()));
+        let answer = match tokio::time::timeout(fs.conf.data_timeout.0, call).await {
+            Ok(answer) => answer.map_err(Error::from),
+            Err(_) => Err(Error::unavailable(format!(
+                "worker {} did not answer within {:?}",
+                w.rpc_address, fs.conf.data_timeout.0
+            ))),
+        };
+        match answer {
             Ok(resp) => {
                 let stream = resp
                     .into_inner()
                     .map_ok(|c| c.data)
                     .map_err(Error::from)
                     .boxed();
-                return Ok(stream);
+                return Ok((stream, w.rpc_address));
             }
-            Err(status) => {
-                let e = Error::from(status);
+            Err(e) => {
                 // A worker that lost the block (evicted since the master answered) or
                 // cannot be reached: the next candidate may still serve it.
                 if !(e.is_temporary() || matches!(e, Error::BlockNotFound { .. })) {
@@ -117,8 +127,128 @@ async fn open_block(
             ),
         },
         (Some(e), _) => e,
-        (None, Some(_)) => Error::unavailable("no worker is registered with the master"),
+        (None, Some(_)) if skip.is_empty() => {
+            Error::unavailable("no worker is registered with the master")
+        }
+        (None, Some(_)) => Error::unavailable(format!(
+            "every worker that could serve block {} failed during the read",
+            b.block_id
+        )),
     })
+}
+
+/// How many times one block read moves to another worker after a failure.
+const BLOCK_READ_ATTEMPTS: usize = 3;
+
+/// One block range being read, resumable: when its worker fails mid-stream (an
+/// error, a stall past `data_timeout`, a stream that ends short), the rest is
+/// asked of the next candidate worker from the first byte not yet received.
+struct BlockRead {
+    fs: Arc<Inner>,
+    blocks: Arc<FileBlocks>,
+    read_type: ReadType,
+    index: usize,
+    next: u64,
+    end: u64,
+    stream: Option<(BlockStream, String)>,
+    failed: Vec<String>,
+    done: bool,
+}
+
+impl BlockRead {
+    /// The next chunk, `None` at the end of the range (or after an error).
+    async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        while !self.done && self.next < self.end {
+            let (stream, worker) = match &mut self.stream {
+                Some(s) => s,
+                None => {
+                    let range = (self.next, self.end - self.next);
+                    let opened = open_block(
+                        &self.fs,
+                        &self.blocks,
+                        self.read_type,
+                        self.index,
+                        range,
+                        &self.failed,
+                    )
+                    .await;
+                    match opened {
+                        Ok(s) => self.stream.insert(s),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+            };
+            let wait = self.fs.conf.data_timeout.0;
+            let failure = match tokio::time::timeout(wait, stream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let n = chunk.len() as u64;
+                    if n > self.end - self.next {
+                        let e = Error::internal(format!(
+                            "worker {worker} sent {n} bytes where {} were left of block {}",
+                            self.end - self.next,
+                            self.index
+                        ));
+                        return self.fail(e);
+                    }
+                    self.next += n;
+                    return Some(Ok(chunk));
+                }
+                Ok(Some(Err(e))) if e.is_temporary() => e,
+                Ok(Some(Err(e))) => return self.fail(e),
+                Ok(None) => Error::unavailable(format!(
+                    "worker {worker} ended block {} at byte {} of {}",
+                    self.index, self.next, self.end
+                )),
+                Err(_) => Error::unavailable(format!("worker {worker} sent nothing for {wait:?}")),
+            };
+            let worker = worker.clone();
+            self.stream = None;
+            if self.failed.len() + 1 >= BLOCK_READ_ATTEMPTS {
+                return self.fail(failure);
+            }
+            tracing::info!(%worker, block = self.index, at = self.next, "block read moves to another worker: {failure}");
+            self.failed.push(worker);
+        }
+        None
+    }
+
+    fn fail(&mut self, e: Error) -> Option<Result<Bytes>> {
+        self.done = true;
+        self.stream = None;
+        Some(Err(e))
+    }
+
+    fn into_stream(self) -> BlockStream {
+        futures::stream::unfold(self, |mut read| async move {
+            let item = read.next_chunk().await?;
+            Some((item, read))
+        })
+        .boxed()
+    }
+}
+
+/// A stream of `length` bytes at `offset` of block `index`, resumed on another
+/// worker if its worker fails.
+fn read_block_range(
+    fs: Arc<Inner>,
+    blocks: Arc<FileBlocks>,
+    read_type: ReadType,
+    index: usize,
+    offset: u64,
+    length: u64,
+) -> BlockStream {
+    BlockRead {
+        fs,
+        blocks,
+        read_type,
+        index,
+        next: offset,
+        end: offset + length,
+        stream: None,
+        failed: Vec::new(),
+        done: false,
+    }
+    .into_stream()
 }
 
 impl FileReader {
@@ -169,15 +299,14 @@ impl FileReader {
             let (index, in_block) = self.locate(pos);
             let block_len = self.blocks.blocks[index].length;
             let n = (block_len - in_block).min(end - pos);
-            let mut stream = open_block(
+            let mut stream = read_block_range(
                 self.fs.clone(),
                 self.blocks.clone(),
                 self.read_type,
                 index,
                 in_block,
                 n,
-            )
-            .await?;
+            );
             let mut got = 0;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
@@ -237,31 +366,21 @@ impl AsyncRead for FileReader {
                     }
                     Poll::Pending => return Poll::Pending,
                 },
-                State::Opening(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok(stream)) => {
-                        this.state = State::Streaming {
-                            stream,
-                            buf: Bytes::new(),
-                            got_any: false,
-                        }
-                    }
-                    Poll::Ready(Err(e)) => {
-                        this.state = State::Idle;
-                        return Poll::Ready(Err(io_err(e)));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                },
                 State::Idle => {
                     let (index, in_block) = this.locate(this.pos);
                     let length = this.blocks.blocks[index].length - in_block;
-                    this.state = State::Opening(Box::pin(open_block(
-                        this.fs.clone(),
-                        this.blocks.clone(),
-                        this.read_type,
-                        index,
-                        in_block,
-                        length,
-                    )));
+                    this.state = State::Streaming {
+                        stream: read_block_range(
+                            this.fs.clone(),
+                            this.blocks.clone(),
+                            this.read_type,
+                            index,
+                            in_block,
+                            length,
+                        ),
+                        buf: Bytes::new(),
+                        got_any: false,
+                    };
                 }
             }
         }

@@ -5,10 +5,17 @@ use crate::Inner;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use strata_common::proto::{self, write_file_request::Msg};
-use strata_common::types::{FileInfo, UfsLocation, WriteFileHeader, WriteType};
+use strata_common::types::{FileInfo, UfsFingerprint, UfsLocation, WriteFileHeader, WriteType};
 use strata_common::{Error, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// What the master answered to a create.
+pub(crate) struct Created {
+    pub(crate) info: FileInfo,
+    pub(crate) ufs: Option<UfsLocation>,
+    pub(crate) cluster_id: String,
+}
 
 struct Stream {
     tx: mpsc::Sender<proto::WriteFileRequest>,
@@ -23,6 +30,7 @@ pub struct FileWriter {
     info: FileInfo,
     write_type: WriteType,
     ufs: Option<UfsLocation>,
+    cluster_id: String,
     stream: Option<Stream>,
     buf: BytesMut,
     written: u64,
@@ -30,17 +38,13 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
-    pub(crate) fn new(
-        fs: Arc<Inner>,
-        info: FileInfo,
-        write_type: WriteType,
-        ufs: Option<UfsLocation>,
-    ) -> Self {
+    pub(crate) fn new(fs: Arc<Inner>, created: Created, write_type: WriteType) -> Self {
         FileWriter {
             fs,
-            info,
+            info: created.info,
             write_type,
-            ufs,
+            ufs: created.ufs,
+            cluster_id: created.cluster_id,
             stream: None,
             buf: BytesMut::new(),
             written: 0,
@@ -74,6 +78,7 @@ impl FileWriter {
             write_type: self.write_type,
             ufs: self.ufs.clone(),
             sync: false,
+            cluster_id: self.cluster_id.clone(),
         };
         tx.send(proto::WriteFileRequest {
             msg: Some(Msg::Header(header.into())),
@@ -158,26 +163,43 @@ impl FileWriter {
     /// If the bytes cannot be stored the incomplete file is removed. Once the master
     /// has been asked to complete the file it is never removed: a failure of that
     /// call is returned as it is, and the file's status tells whether it completed.
+    ///
+    /// Completing is idempotent on the master, so a temporary failure of that call
+    /// (a lost answer, a master restarting) is retried.
     pub async fn close(mut self) -> Result<FileInfo> {
-        if let Err(e) = self.finish_data().await {
-            return Err(self.fail(e).await);
-        }
-        let resp = self
-            .fs
-            .master()
-            .complete_file(proto::CompleteFileRequest {
-                file_id: self.info.id.0,
-                length: self.written,
-                persisted: self.write_type.persists(),
-            })
-            .await?
-            .into_inner();
+        let ufs_fingerprint = match self.finish_data().await {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        let req = proto::CompleteFileRequest {
+            file_id: self.info.id.0,
+            length: self.written,
+            persisted: self.write_type.persists(),
+            ufs_fingerprint: ufs_fingerprint.map(Into::into),
+        };
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            match self.fs.master().complete_file(req.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(status) => {
+                    let e = Error::from(status);
+                    if !e.is_temporary() || attempt >= crate::READ_ATTEMPTS {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                        .await;
+                }
+            }
+        };
         resp.info
             .ok_or_else(|| Error::internal("master answered without info"))?
             .try_into()
     }
 
-    async fn finish_data(&mut self) -> Result<()> {
+    /// Ends the data stream; returns the under-store copy's fingerprint when the
+    /// write persists.
+    async fn finish_data(&mut self) -> Result<Option<UfsFingerprint>> {
         if self.failed {
             return Err(Error::NotPermitted {
                 path: self.info.path.to_string(),
@@ -200,6 +222,7 @@ impl FileWriter {
             };
             self.send_msg(end).await?;
         }
+        let mut fingerprint = None;
         if let Some(Stream { tx, call }) = self.stream.take() {
             drop(tx);
             let resp = call.await.map_err(Error::internal)??;
@@ -209,7 +232,16 @@ impl FileWriter {
                     resp.length, self.written
                 )));
             }
+            fingerprint = resp
+                .ufs_fingerprint
+                .map(UfsFingerprint::try_from)
+                .transpose()?;
         }
-        Ok(())
+        if self.write_type.persists() && fingerprint.is_none() {
+            return Err(Error::internal(
+                "worker persisted the file without saying what it wrote",
+            ));
+        }
+        Ok(fingerprint)
     }
 }

@@ -74,6 +74,10 @@ pub struct MasterConfig {
     /// Under-store URI mounted at `/` when the namespace is formatted; empty leaves
     /// `/` unbacked (files outside mounts can then only be written `MUST_CACHE`).
     pub root_ufs: String,
+    /// Smallest block size a new file may have.
+    pub min_block_size: ByteSize,
+    /// Largest block size a new file may have.
+    pub max_block_size: ByteSize,
 }
 
 /// Worker settings.
@@ -109,6 +113,14 @@ pub struct ClientConfig {
     pub chunk_size: ByteSize,
     /// Deadline of one metadata RPC.
     pub rpc_timeout: HumanDuration,
+    /// Longest wait to connect to a master or a worker.
+    pub connect_timeout: HumanDuration,
+    /// Interval of keepalive pings on idle connections; a peer silent for another
+    /// interval after a ping is taken as gone.
+    pub keepalive_interval: HumanDuration,
+    /// Longest wait for a worker to start a block stream or send its next chunk;
+    /// past it the read moves to another worker.
+    pub data_timeout: HumanDuration,
 }
 
 impl Default for SiteConfig {
@@ -132,6 +144,8 @@ impl Default for MasterConfig {
             inode_cache_entries: 100_000,
             worker_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             root_ufs: String::new(),
+            min_block_size: ByteSize(4 << 10),
+            max_block_size: ByteSize(4 << 30),
         }
     }
 }
@@ -157,6 +171,9 @@ impl Default for ClientConfig {
             read_type: ReadType::Cache,
             chunk_size: ByteSize(1 << 20),
             rpc_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            connect_timeout: HumanDuration(std::time::Duration::from_secs(5)),
+            keepalive_interval: HumanDuration(std::time::Duration::from_secs(10)),
+            data_timeout: HumanDuration(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -246,12 +263,39 @@ impl SiteConfig {
                 "must be between 4KiB and 4GiB",
             ));
         }
+        let (min, max) = (self.master.min_block_size.0, self.master.max_block_size.0);
+        let limits = crate::ids::MIN_BLOCK_SIZE..=crate::ids::MAX_BLOCK_SIZE;
+        if !limits.contains(&min) {
+            return Err(cfg_err(
+                "master.min_block_size",
+                "must be between 4KiB and 64GiB",
+            ));
+        }
+        if !limits.contains(&max) || max < min {
+            return Err(cfg_err(
+                "master.max_block_size",
+                "must be between master.min_block_size and 64GiB",
+            ));
+        }
         let cs = self.client.chunk_size.0;
         if !(4096..=(8 << 20)).contains(&cs) {
             return Err(cfg_err(
                 "client.chunk_size",
                 "must be between 4KiB and 8MiB",
             ));
+        }
+        for (key, d) in [
+            ("client.rpc_timeout", self.client.rpc_timeout.0),
+            ("client.connect_timeout", self.client.connect_timeout.0),
+            (
+                "client.keepalive_interval",
+                self.client.keepalive_interval.0,
+            ),
+            ("client.data_timeout", self.client.data_timeout.0),
+        ] {
+            if d < std::time::Duration::from_millis(10) {
+                return Err(cfg_err(key, "must be at least 10ms"));
+            }
         }
         if self.worker.mem_quota.0 == 0 {
             return Err(cfg_err("worker.mem_quota", "must be more than 0"));

@@ -168,9 +168,7 @@ impl Error {
             Error::NoSpace { what, reason } => {
                 (Code::ResourceExhausted, d(K::NoSpace, what, reason))
             }
-            Error::StorageIo { what, reason } => {
-                (Code::Unavailable, d(K::StorageIo, what, reason))
-            }
+            Error::StorageIo { what, reason } => (Code::Unavailable, d(K::StorageIo, what, reason)),
             Error::UfsChanged { path, reason } => {
                 (Code::FailedPrecondition, d(K::UfsChanged, path, reason))
             }
@@ -245,20 +243,22 @@ impl From<tonic::Status> for Error {
                 return err;
             }
         }
-        // A status without Strata details comes from the transport or a foreign peer.
+        // A status without Strata details comes from the transport (a connection
+        // reset or closed mid-call surfaces as `Unknown`) or a foreign peer.
         use tonic::Code;
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                Error::Unavailable {
-                    reason: status.message().to_string(),
-                }
-            }
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown => Error::Unavailable {
+                reason: status.message().to_string(),
+            },
             Code::InvalidArgument => Error::InvalidArgument {
                 field: "request".to_string(),
                 reason: status.message().to_string(),
             },
             Code::Ok
-            | Code::Unknown
             | Code::NotFound
             | Code::AlreadyExists
             | Code::PermissionDenied
@@ -354,5 +354,25 @@ mod tests {
         assert!(e.is_temporary());
         let e: Error = tonic::Status::unimplemented("nope").into();
         assert!(matches!(e, Error::Internal { .. }));
+        // A connection lost mid-call: retry elsewhere.
+        let e: Error = tonic::Status::unknown("error reading a body from connection").into();
+        assert!(e.is_temporary(), "{e:?}");
+    }
+
+    #[test]
+    fn a_detail_without_a_known_kind_maps_by_code() {
+        for kind in [0, 9999] {
+            let detail = ErrorDetail {
+                kind,
+                path: "/x".into(),
+                ..Default::default()
+            };
+            let status = tonic::Status::with_details(
+                tonic::Code::NotFound,
+                "gone",
+                detail.encode_to_vec().into(),
+            );
+            assert!(matches!(Error::from(status), Error::Internal { .. }));
+        }
     }
 }

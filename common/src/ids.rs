@@ -14,6 +14,24 @@ pub const MAX_FILE_ID: u64 = (1 << (64 - BLOCK_INDEX_BITS)) - 1;
 /// Largest number of blocks in one file.
 pub const MAX_BLOCKS_PER_FILE: u64 = 1 << BLOCK_INDEX_BITS;
 
+/// Smallest block size the protocol accepts: below it, per-block costs (a file per
+/// block, an RPC per block) dominate.
+pub const MIN_BLOCK_SIZE: u64 = 4 << 10;
+/// Largest block size the protocol accepts; a worker reserves this much tier space
+/// per block being written.
+pub const MAX_BLOCK_SIZE: u64 = 64 << 30;
+
+/// Checks a block size from the wire against the protocol's bounds.
+pub fn check_block_size(field: &str, size: u64) -> Result<u64> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) {
+        return Err(Error::invalid_argument(
+            field,
+            format!("{size} is outside {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE} bytes"),
+        ));
+    }
+    Ok(size)
+}
+
 /// Id of an inode (file or directory). The root is 1; 0 means "none".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub u64);

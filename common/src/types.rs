@@ -124,6 +124,20 @@ impl From<ReadType> for proto::ReadType {
     }
 }
 
+/// Longest cluster id accepted from the wire.
+const MAX_CLUSTER_ID_BYTES: usize = 128;
+
+/// A cluster id field of a request: required, and short.
+fn cluster_id(raw: String) -> Result<String> {
+    if raw.is_empty() || raw.len() > MAX_CLUSTER_ID_BYTES {
+        return Err(Error::invalid_argument(
+            "cluster_id",
+            format!("must be 1 to {MAX_CLUSTER_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(raw)
+}
+
 fn required<T>(v: Option<T>, field: &str) -> Result<T> {
     v.ok_or_else(|| Error::invalid_argument(field, "missing"))
 }
@@ -427,12 +441,66 @@ pub struct FileBlocks {
     pub blocks: Vec<BlockLocation>,
     /// Its under-store copy, when persisted.
     pub ufs: Option<UfsLocation>,
+    /// The under-store copy's identity as recorded (meaningful with `ufs`).
+    pub ufs_fingerprint: UfsFingerprint,
+    /// The cluster the block ids belong to.
+    pub cluster_id: String,
+}
+
+impl FileBlocks {
+    /// Checks that the block list is the one the file's length and block size imply
+    /// (count, ids, offsets, lengths), so a reader can index it without further checks.
+    pub fn validate(&self) -> Result<()> {
+        let info = &self.info;
+        let bad = |reason: String| {
+            Error::internal(format!("{}: inconsistent block list: {reason}", info.path))
+        };
+        if info.is_dir() {
+            return Err(bad("a directory has no blocks".into()));
+        }
+        if info.block_size == 0 && info.length > 0 {
+            return Err(bad("block size 0".into()));
+        }
+        let expected = crate::ids::block_count(info.length, info.block_size);
+        if self.blocks.len() as u64 != expected {
+            return Err(bad(format!(
+                "{} blocks for {} bytes at block size {}",
+                self.blocks.len(),
+                info.length,
+                info.block_size
+            )));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let i = i as u64;
+            let offset = i * info.block_size;
+            let length = (info.length - offset).min(info.block_size);
+            if BlockId::new(info.id, i).ok() != Some(b.block_id)
+                || b.offset != offset
+                || b.length != length
+            {
+                return Err(bad(format!(
+                    "block {i} is {}@{}+{}, expected {}@{offset}+{length}",
+                    b.block_id,
+                    b.offset,
+                    b.length,
+                    BlockId::new(info.id, i).map(|b| b.0).unwrap_or(0)
+                )));
+            }
+        }
+        if self.ufs.is_some() && self.ufs_fingerprint.length != info.length {
+            return Err(bad(format!(
+                "under-store copy recorded with {} bytes, file has {}",
+                self.ufs_fingerprint.length, info.length
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl TryFrom<proto::GetFileBlocksResponse> for FileBlocks {
     type Error = Error;
     fn try_from(p: proto::GetFileBlocksResponse) -> Result<Self> {
-        Ok(FileBlocks {
+        let blocks = FileBlocks {
             info: required(p.info, "info")?.try_into()?,
             blocks: p
                 .blocks
@@ -440,7 +508,15 @@ impl TryFrom<proto::GetFileBlocksResponse> for FileBlocks {
                 .map(BlockLocation::try_from)
                 .collect::<Result<_>>()?,
             ufs: p.ufs.map(UfsLocation::try_from).transpose()?,
-        })
+            ufs_fingerprint: p
+                .ufs_fingerprint
+                .map(UfsFingerprint::try_from)
+                .transpose()?
+                .unwrap_or_default(),
+            cluster_id: cluster_id(p.cluster_id)?,
+        };
+        blocks.validate()?;
+        Ok(blocks)
     }
 }
 
@@ -449,7 +525,9 @@ impl From<FileBlocks> for proto::GetFileBlocksResponse {
         proto::GetFileBlocksResponse {
             info: Some(f.info.into()),
             blocks: f.blocks.into_iter().map(Into::into).collect(),
+            ufs_fingerprint: f.ufs.is_some().then(|| f.ufs_fingerprint.into()),
             ufs: f.ufs.map(Into::into),
+            cluster_id: f.cluster_id,
         }
     }
 }
@@ -506,9 +584,7 @@ pub struct CreateFile {
 impl TryFrom<proto::CreateFileRequest> for CreateFile {
     type Error = Error;
     fn try_from(p: proto::CreateFileRequest) -> Result<Self> {
-        if p.block_size == 0 {
-            return Err(Error::invalid_argument("block_size", "must be more than 0"));
-        }
+        crate::ids::check_block_size("block_size", p.block_size)?;
         Ok(CreateFile {
             path: StrataPath::parse(&p.path)?,
             block_size: p.block_size,
@@ -527,6 +603,8 @@ pub struct UfsBlockSource {
     pub block_start: u64,
     /// Bytes in the block.
     pub block_length: u64,
+    /// The file as recorded; the worker refuses a file found different.
+    pub fingerprint: UfsFingerprint,
 }
 
 /// A request to read part of a block.
@@ -542,6 +620,8 @@ pub struct ReadBlock {
     pub read_type: ReadType,
     /// Where to read a miss from.
     pub source: Option<UfsBlockSource>,
+    /// The cluster the block id belongs to.
+    pub cluster_id: String,
 }
 
 impl TryFrom<proto::ReadBlockRequest> for ReadBlock {
@@ -550,16 +630,45 @@ impl TryFrom<proto::ReadBlockRequest> for ReadBlock {
         let source = match p.source {
             Some(s) => {
                 let location = required(s.location, "source.location")?.try_into()?;
+                let fingerprint: UfsFingerprint =
+                    required(s.fingerprint, "source.fingerprint")?.try_into()?;
+                if s.block_length == 0 || s.block_length > crate::ids::MAX_BLOCK_SIZE {
+                    return Err(Error::invalid_argument(
+                        "source.block_length",
+                        format!(
+                            "{} is outside 1..={} bytes",
+                            s.block_length,
+                            crate::ids::MAX_BLOCK_SIZE
+                        ),
+                    ));
+                }
+                let block_end = s.block_start.checked_add(s.block_length);
+                if block_end.is_none_or(|end| end > fingerprint.length) {
+                    return Err(Error::invalid_argument(
+                        "source.block_length",
+                        format!(
+                            "block {}+{} ends past the {}-byte file",
+                            s.block_start, s.block_length, fingerprint.length
+                        ),
+                    ));
+                }
                 Some(UfsBlockSource {
                     location,
                     block_start: s.block_start,
                     block_length: s.block_length,
+                    fingerprint,
                 })
             }
             None => None,
         };
+        if p.length == 0 {
+            return Err(Error::invalid_argument("length", "must be more than 0"));
+        }
         if let Some(s) = &source {
-            if p.offset.saturating_add(p.length) > s.block_length {
+            if p.offset
+                .checked_add(p.length)
+                .is_none_or(|end| end > s.block_length)
+            {
                 return Err(Error::invalid_argument(
                     "length",
                     "range ends past the block",
@@ -572,6 +681,7 @@ impl TryFrom<proto::ReadBlockRequest> for ReadBlock {
             length: p.length,
             read_type: p.read_type.try_into()?,
             source,
+            cluster_id: cluster_id(p.cluster_id)?,
         })
     }
 }
@@ -587,7 +697,9 @@ impl From<ReadBlock> for proto::ReadBlockRequest {
                 location: Some(s.location.into()),
                 block_start: s.block_start,
                 block_length: s.block_length,
+                fingerprint: Some(s.fingerprint.into()),
             }),
+            cluster_id: r.cluster_id,
         }
     }
 }
@@ -605,15 +717,15 @@ pub struct WriteFileHeader {
     pub ufs: Option<UfsLocation>,
     /// fsync blocks before they become visible.
     pub sync: bool,
+    /// The cluster the file belongs to.
+    pub cluster_id: String,
 }
 
 impl TryFrom<proto::WriteFileHeader> for WriteFileHeader {
     type Error = Error;
     fn try_from(p: proto::WriteFileHeader) -> Result<Self> {
         let write_type: WriteType = p.write_type.try_into()?;
-        if p.block_size == 0 {
-            return Err(Error::invalid_argument("block_size", "must be more than 0"));
-        }
+        crate::ids::check_block_size("block_size", p.block_size)?;
         let ufs = p.ufs.map(UfsLocation::try_from).transpose()?;
         if write_type.persists() && ufs.is_none() {
             return Err(Error::invalid_argument(
@@ -627,6 +739,7 @@ impl TryFrom<proto::WriteFileHeader> for WriteFileHeader {
             write_type,
             ufs,
             sync: p.sync,
+            cluster_id: cluster_id(p.cluster_id)?,
         })
     }
 }
@@ -639,6 +752,7 @@ impl From<WriteFileHeader> for proto::WriteFileHeader {
             write_type: proto::WriteType::from(h.write_type) as i32,
             ufs: h.ufs.map(Into::into),
             sync: h.sync,
+            cluster_id: h.cluster_id,
         }
     }
 }
@@ -662,6 +776,7 @@ mod tests {
             write_type: proto::WriteType::Through as i32,
             ufs: None,
             sync: false,
+            cluster_id: "c".into(),
         })
         .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }));

@@ -41,6 +41,10 @@ pub struct InodeRecord {
     /// entry built from a look at the under-store names the version it saw.
     #[prost(uint64, tag = "11")]
     pub children_version: u64,
+    /// For a persisted file: the under-store copy's version as recorded (see
+    /// `UfsFingerprint`); empty when unknown, and then only the length is checked.
+    #[prost(string, tag = "12")]
+    pub ufs_version: String,
 }
 
 /// A persisted mount-table entry.
@@ -103,6 +107,9 @@ pub struct CompleteFileEntry {
     pub persisted: bool,
     #[prost(int64, tag = "5")]
     pub mtime_ms: i64,
+    /// The under-store copy's version when persisted.
+    #[prost(string, tag = "6")]
+    pub ufs_version: String,
 }
 
 /// Removes `name` (which must still be inode `id`) from `parent_id`, with its subtree
@@ -279,5 +286,23 @@ mod tests {
         ];
         assert_eq!(mount.encode_to_vec(), recorded);
         assert_eq!(MountRecord::decode(recorded).unwrap(), mount);
+
+        // An inode recorded with its under-store version (tag 12).
+        let file = InodeRecord {
+            id: 7,
+            parent_id: 1,
+            name: "f".into(),
+            length: 3,
+            block_size: 4096,
+            complete: true,
+            persisted: true,
+            ufs_version: "a-b".into(),
+            ..Default::default()
+        };
+        let recorded: &[u8] = &[
+            8, 7, 16, 1, 26, 1, 102, 48, 3, 56, 128, 32, 64, 1, 72, 1, 98, 3, 97, 45, 98,
+        ];
+        assert_eq!(file.encode_to_vec(), recorded);
+        assert_eq!(InodeRecord::decode(recorded).unwrap(), file);
     }
 }

@@ -61,6 +61,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         journal,
         registry: registry.clone(),
         default_block_size: cfg.client.block_size.0,
+        block_size_range: cfg.master.min_block_size.0..=cfg.master.max_block_size.0,
     })?);
     ns.ensure_root_mount(&cfg.master.root_ufs).await?;
 
@@ -107,7 +108,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
             .add_service(fs)
             .add_service(bm)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                strata_common::proto::incoming(listener),
                 shutdown.cancelled_owned(),
             )
             .await

@@ -88,6 +88,8 @@ pub struct NamespaceDeps {
     pub registry: Arc<Registry>,
     /// Block size given to files found in an under-store.
     pub default_block_size: u64,
+    /// Smallest and largest block size a client may ask for.
+    pub block_size_range: std::ops::RangeInclusive<u64>,
 }
 
 /// The namespace service logic.
@@ -96,6 +98,7 @@ pub struct Namespace {
     journal: Arc<dyn Journal>,
     registry: Arc<Registry>,
     default_block_size: u64,
+    block_size_range: std::ops::RangeInclusive<u64>,
     next_inode: AtomicU64,
     next_mount: AtomicU64,
     stores: StoreCache,
@@ -111,6 +114,7 @@ impl Namespace {
             journal: deps.journal,
             registry: deps.registry,
             default_block_size: deps.default_block_size,
+            block_size_range: deps.block_size_range,
             next_inode: AtomicU64::new(next_inode),
             next_mount: AtomicU64::new(next_mount),
             stores: StoreCache::default(),
@@ -214,6 +218,7 @@ impl Namespace {
             persisted: true,
             mount_id: 0,
             children_version: 0,
+            ufs_version: st.version.clone(),
         }
     }
 
@@ -332,6 +337,11 @@ impl Namespace {
         })
     }
 
+    /// The cluster's id (see `MetaStore::cluster_id`).
+    pub fn cluster_id(&self) -> &str {
+        self.store.cluster_id()
+    }
+
     /// The path of inode `id`, by walking up to the root.
     pub fn path_of(&self, id: u64) -> Result<StrataPath> {
         let mut names = Vec::new();
@@ -344,9 +354,51 @@ impl Namespace {
         StrataPath::parse(&prefix_path(&names))
     }
 
-    /// Whether block `b` belongs to a file that exists.
-    pub fn block_is_live(&self, b: BlockId) -> bool {
-        matches!(self.store.get_inode(b.file().0), Ok(Some(rec)) if !rec.is_dir)
+    /// Whether a worker may hold block `b` with `length` bytes: its file exists and
+    /// the block fits it (a complete file's block has exactly the length the file's
+    /// record implies; a block of a file being written is at most one block size).
+    pub fn block_is_valid(&self, b: BlockId, length: u64) -> bool {
+        let Ok(Some(rec)) = self.store.get_inode(b.file().0) else {
+            return false;
+        };
+        if rec.is_dir || length == 0 || rec.block_size == 0 {
+            return false;
+        }
+        if !rec.complete {
+            return length <= rec.block_size;
+        }
+        expected_block_length(&rec, b.index()) == Some(length)
+    }
+
+    /// Whether a block read through from the under-store copy `fingerprint` may be
+    /// recorded as block `b`: the file's record must still name that very copy.
+    pub fn read_through_is_current(
+        &self,
+        b: BlockId,
+        fingerprint: &strata_common::types::UfsFingerprint,
+    ) -> Result<()> {
+        let rec = self
+            .store
+            .get_inode(b.file().0)?
+            .ok_or_else(|| Error::NotFound {
+                path: format!("file id {} of block {b}", b.file()),
+            })?;
+        let recorded = recorded_fingerprint(&rec);
+        let mismatch = if rec.complete && rec.persisted {
+            recorded.mismatch(fingerprint)
+        } else {
+            Some("the file has no under-store copy".into())
+        };
+        match mismatch {
+            None => Ok(()),
+            Some(reason) => Err(Error::UfsChanged {
+                path: self
+                    .path_of(rec.id)
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|_| format!("file id {}", rec.id)),
+                reason,
+            }),
+        }
     }
 
     /// Loads the children the under-store has and the namespace lacks, and drops the
@@ -528,6 +580,17 @@ impl Namespace {
     /// under-store location.
     pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
         let path = &req.path;
+        if !self.block_size_range.contains(&req.block_size) {
+            return Err(Error::invalid_argument(
+                "block_size",
+                format!(
+                    "{} is outside the allowed {}..={} bytes (master.min_block_size, master.max_block_size)",
+                    req.block_size,
+                    self.block_size_range.start(),
+                    self.block_size_range.end()
+                ),
+            ));
+        }
         if path.is_root() {
             return Err(Error::AlreadyExists { path: "/".into() });
         }
@@ -583,12 +646,14 @@ impl Namespace {
         Ok((self.info(path.clone(), &file)?, ufs))
     }
 
-    /// Seals a file written by a client.
+    /// Seals a file written by a client. Idempotent: completing a complete file
+    /// with the same length and persistence answers its status again, so a client
+    /// whose answer was lost can retry.
     pub async fn complete_file(
         &self,
         id: FileId,
         length: u64,
-        persisted: bool,
+        ufs: Option<strata_common::types::UfsFingerprint>,
     ) -> Result<FileInfo> {
         let rec = self.store.get_inode(id.0)?.ok_or_else(|| Error::NotFound {
             path: format!("file id {id}"),
@@ -597,6 +662,26 @@ impl Namespace {
         if rec.is_dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
+            });
+        }
+        if let Some(f) = &ufs {
+            if f.length != length {
+                return Err(Error::invalid_argument(
+                    "ufs_fingerprint.length",
+                    format!("{} bytes, but the file has {length}", f.length),
+                ));
+            }
+        }
+        if rec.complete {
+            let same = rec.length == length
+                && rec.persisted == ufs.is_some()
+                && ufs.as_ref().is_none_or(|f| f.version == rec.ufs_version);
+            if same {
+                return self.info(path, &rec);
+            }
+            return Err(Error::NotPermitted {
+                path: path.to_string(),
+                reason: "file is already complete".to_string(),
             });
         }
         if block_count(length, rec.block_size) > MAX_BLOCKS_PER_FILE {
@@ -609,10 +694,14 @@ impl Namespace {
             id: id.0,
             path: path.to_string(),
             length,
-            persisted,
+            persisted: ufs.is_some(),
             mtime_ms: now_ms(),
+            ufs_version: ufs.map(|f| f.version).unwrap_or_default(),
         }))
         .await?;
+        // Blocks its writer reported while the length was unknown must fit it now.
+        self.registry
+            .retain_blocks_of(id, |b, len| self.block_is_valid(b, len));
         self.get_status(&path).await
     }
 
@@ -910,6 +999,8 @@ impl Namespace {
             info: self.info(path.clone(), &rec)?,
             blocks,
             ufs,
+            ufs_fingerprint: recorded_fingerprint(&rec),
+            cluster_id: self.cluster_id().to_string(),
         })
     }
 
@@ -939,6 +1030,20 @@ impl Namespace {
         }
         Ok(self.registry.drop_files(&files) as u64)
     }
+}
+
+/// The under-store fingerprint a file's record names.
+fn recorded_fingerprint(rec: &InodeRecord) -> strata_common::types::UfsFingerprint {
+    strata_common::types::UfsFingerprint {
+        length: rec.length,
+        version: rec.ufs_version.clone(),
+    }
+}
+
+/// The length block `index` of a complete file has, `None` past its end.
+fn expected_block_length(rec: &InodeRecord, index: u64) -> Option<u64> {
+    let offset = index.checked_mul(rec.block_size)?;
+    (offset < rec.length).then(|| (rec.length - offset).min(rec.block_size))
 }
 
 fn prefix_path<S: AsRef<str>>(names: &[S]) -> String {

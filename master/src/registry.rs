@@ -47,15 +47,16 @@ pub struct Registration {
     pub capacity_bytes: u64,
     /// Tier usage.
     pub used_bytes: u64,
-    /// Every block it holds.
-    pub blocks: Vec<BlockId>,
+    /// Every block it holds, with its length.
+    pub blocks: Vec<(BlockId, u64)>,
 }
 
 #[derive(Default)]
 struct Inner {
     workers: HashMap<WorkerId, WorkerState>,
-    // Ordered by block id, so all blocks of a file are one range.
-    locations: BTreeMap<BlockId, Vec<WorkerId>>,
+    // Ordered by block id, so all blocks of a file are one range. Each location
+    // keeps the length its worker reported.
+    locations: BTreeMap<BlockId, Vec<(WorkerId, u64)>>,
     next_id: u64,
 }
 
@@ -92,17 +93,18 @@ impl Inner {
 
     fn unlink(&mut self, block: BlockId, worker: WorkerId) {
         if let Some(ws) = self.locations.get_mut(&block) {
-            ws.retain(|w| *w != worker);
+            ws.retain(|(w, _)| *w != worker);
             if ws.is_empty() {
                 self.locations.remove(&block);
             }
         }
     }
 
-    fn link(&mut self, block: BlockId, worker: WorkerId) {
+    fn link(&mut self, block: BlockId, length: u64, worker: WorkerId) {
         let ws = self.locations.entry(block).or_default();
-        if !ws.contains(&worker) {
-            ws.push(worker);
+        match ws.iter_mut().find(|(w, _)| *w == worker) {
+            Some(entry) => entry.1 = length,
+            None => ws.push((worker, length)),
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.blocks.insert(block);
@@ -115,10 +117,11 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a worker with its full block report. Blocks for which `is_live`
-    /// says false (their file is gone) are queued for removal instead. A worker
-    /// re-registering from the same address replaces its previous entry.
-    pub fn register(&self, reg: Registration, is_live: impl Fn(BlockId) -> bool) -> WorkerId {
+    /// Registers a worker with its full block report. Blocks for which `is_valid`
+    /// says false (their file is gone, or the length does not fit it) are queued
+    /// for removal instead. A worker re-registering from the same address replaces
+    /// its previous entry.
+    pub fn register(&self, reg: Registration, is_valid: impl Fn(BlockId, u64) -> bool) -> WorkerId {
         let mut inner = self.lock();
         let stale: Vec<WorkerId> = inner
             .workers
@@ -131,7 +134,10 @@ impl Registry {
         }
         inner.next_id += 1;
         let id = WorkerId(inner.next_id);
-        let (live, dead): (Vec<_>, Vec<_>) = reg.blocks.into_iter().partition(|b| is_live(*b));
+        let (live, dead): (Vec<_>, Vec<_>) = reg
+            .blocks
+            .into_iter()
+            .partition(|(b, len)| is_valid(*b, *len));
         inner.workers.insert(
             id,
             WorkerState {
@@ -144,11 +150,11 @@ impl Registry {
                 used_bytes: reg.used_bytes,
                 last_seen: Instant::now(),
                 blocks: HashSet::new(),
-                to_remove: dead,
+                to_remove: dead.into_iter().map(|(b, _)| b).collect(),
             },
         );
-        for b in live {
-            inner.link(b, id);
+        for (b, len) in live {
+            inner.link(b, len, id);
         }
         id
     }
@@ -159,9 +165,9 @@ impl Registry {
         &self,
         id: WorkerId,
         used_bytes: u64,
-        added: &[BlockId],
+        added: &[(BlockId, u64)],
         removed: &[BlockId],
-        is_live: impl Fn(BlockId) -> bool,
+        is_valid: impl Fn(BlockId, u64) -> bool,
     ) -> Option<Vec<BlockId>> {
         let mut inner = self.lock();
         let w = inner.workers.get_mut(&id)?;
@@ -174,33 +180,56 @@ impl Registry {
             }
             inner.unlink(*b, id);
         }
-        for b in added {
-            if is_live(*b) {
-                inner.link(*b, id);
+        for &(b, len) in added {
+            if is_valid(b, len) {
+                inner.link(b, len, id);
             } else {
-                to_remove.push(*b);
+                to_remove.push(b);
             }
         }
         Some(to_remove)
     }
 
-    /// Records that `worker` now holds `block`. Liveness is checked under the lock,
-    /// so a commit cannot slip in after the file's blocks were dropped.
+    /// Records that `worker` now holds `block` of `length` bytes. Validity is
+    /// checked under the lock, so a commit cannot slip in after the file's blocks
+    /// were dropped.
     pub fn commit(
         &self,
         worker: WorkerId,
         block: BlockId,
-        is_live: impl Fn(BlockId) -> bool,
+        length: u64,
+        is_valid: impl Fn(BlockId, u64) -> bool,
     ) -> CommitOutcome {
         let mut inner = self.lock();
         if !inner.workers.contains_key(&worker) {
             return CommitOutcome::UnknownWorker;
         }
-        if !is_live(block) {
+        if !is_valid(block, length) {
             return CommitOutcome::DeadBlock;
         }
-        inner.link(block, worker);
+        inner.link(block, length, worker);
         CommitOutcome::Recorded
+    }
+
+    /// Drops the locations of `file`'s blocks that `keep` refuses (called when a
+    /// file completes, once its length is known), telling their workers.
+    pub fn retain_blocks_of(&self, file: FileId, keep: impl Fn(BlockId, u64) -> bool) {
+        let mut inner = self.lock();
+        let (lo, hi) = file_block_range(file);
+        let refused: Vec<(BlockId, WorkerId)> = inner
+            .locations
+            .range(lo..hi)
+            .flat_map(|(b, ws)| ws.iter().map(move |(w, len)| (*b, *w, *len)))
+            .filter(|(b, _, len)| !keep(*b, *len))
+            .map(|(b, w, _)| (b, w))
+            .collect();
+        for (b, w) in refused {
+            inner.unlink(b, w);
+            if let Some(state) = inner.workers.get_mut(&w) {
+                state.blocks.remove(&b);
+                state.to_remove.push(b);
+            }
+        }
     }
 
     /// Workers holding `block`.
@@ -211,7 +240,7 @@ impl Registry {
             .get(&block)
             .map(|ws| {
                 ws.iter()
-                    .filter_map(|w| inner.workers.get(w).map(|s| s.address.clone()))
+                    .filter_map(|(w, _)| inner.workers.get(w).map(|s| s.address.clone()))
                     .collect()
             })
             .unwrap_or_default()
@@ -229,8 +258,7 @@ impl Registry {
         let mut inner = self.lock();
         let mut victims = Vec::new();
         for f in files {
-            let lo = BlockId(f.0 << BLOCK_INDEX_BITS);
-            let hi = BlockId((f.0 + 1) << BLOCK_INDEX_BITS);
+            let (lo, hi) = file_block_range(*f);
             victims.extend(
                 inner
                     .locations
@@ -241,7 +269,7 @@ impl Registry {
         let mut n = 0;
         for (block, workers) in victims {
             inner.locations.remove(&block);
-            for w in workers {
+            for (w, _) in workers {
                 if let Some(state) = inner.workers.get_mut(&w) {
                     state.blocks.remove(&block);
                     state.to_remove.push(block);
@@ -280,6 +308,14 @@ impl Registry {
     }
 }
 
+/// The block ids of `file`, as a half-open range.
+fn file_block_range(file: FileId) -> (BlockId, BlockId) {
+    (
+        BlockId(file.0 << BLOCK_INDEX_BITS),
+        BlockId((file.0 + 1) << BLOCK_INDEX_BITS),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +326,7 @@ mod tests {
             rpc_address: addr.into(),
             capacity_bytes: 100,
             used_bytes: 0,
-            blocks,
+            blocks: blocks.into_iter().map(|b| (b, 10)).collect(),
         }
     }
 
@@ -301,26 +337,70 @@ mod tests {
         let b1 = BlockId::new(FileId(5), 1).unwrap();
         let other = BlockId::new(FileId(6), 0).unwrap();
         let dead = BlockId::new(FileId(9), 0).unwrap();
-        let w = r.register(reg("a:1", vec![b0, dead]), |b| b.file() != FileId(9));
+        let w = r.register(reg("a:1", vec![b0, dead]), |b, _| b.file() != FileId(9));
         assert_eq!(r.locations(b0).len(), 1);
         assert!(r.locations(dead).is_empty());
         assert_eq!(
-            r.heartbeat(w, 0, &[b1, other], &[], |_| true).unwrap(),
+            r.heartbeat(w, 0, &[(b1, 10), (other, 10)], &[], |_, _| true)
+                .unwrap(),
             vec![dead]
         );
         assert_eq!(r.cached_count([b0, b1, other].into_iter()), 3);
         assert_eq!(r.drop_files(&[FileId(5)]), 2);
         assert!(r.locations(b1).is_empty());
         assert_eq!(r.locations(other).len(), 1);
-        let mut told = r.heartbeat(w, 0, &[], &[], |_| true).unwrap();
+        let mut told = r.heartbeat(w, 0, &[], &[], |_, _| true).unwrap();
         told.sort();
         assert_eq!(told, vec![b0, b1]);
         // Same address registering again replaces the old entry.
-        let w2 = r.register(reg("a:1", vec![]), |_| true);
+        let w2 = r.register(reg("a:1", vec![]), |_, _| true);
         assert_ne!(w, w2);
-        assert!(r.heartbeat(w, 0, &[], &[], |_| true).is_none());
+        assert!(r.heartbeat(w, 0, &[], &[], |_, _| true).is_none());
         assert!(r.locations(other).is_empty());
         assert_eq!(r.expire(Duration::ZERO).len(), 1);
         assert!(r.workers().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    #[test]
+    fn lengths_that_do_not_fit_the_file_are_refused_and_dropped() {
+        let r = Registry::default();
+        let b0 = BlockId::new(FileId(5), 0).unwrap();
+        let b1 = BlockId::new(FileId(5), 1).unwrap();
+        // The file is being written: any length up to the block size (100) fits.
+        let fits = |limit: u64| move |_: BlockId, len: u64| len > 0 && len <= limit;
+        let w = r.register(
+            Registration {
+                host: "h".into(),
+                rpc_address: "a:1".into(),
+                capacity_bytes: 1000,
+                used_bytes: 0,
+                blocks: vec![(b0, 100), (b1, 1000)],
+            },
+            fits(100),
+        );
+        assert_eq!(r.locations(b0).len(), 1);
+        assert!(r.locations(b1).is_empty(), "a block longer than a block");
+        assert_eq!(
+            r.commit(w, b1, 0, fits(100)),
+            CommitOutcome::DeadBlock,
+            "an empty block"
+        );
+        assert_eq!(r.commit(w, b1, 60, fits(100)), CommitOutcome::Recorded);
+        // The file completes at 150 bytes: block 1 must hold 50, not 60.
+        r.retain_blocks_of(FileId(5), |b, len| len == if b == b0 { 100 } else { 50 });
+        assert_eq!(r.locations(b0).len(), 1);
+        assert!(r.locations(b1).is_empty());
+        let mut told = r.heartbeat(w, 0, &[], &[], |_, _| true).unwrap();
+        told.sort();
+        assert_eq!(
+            told,
+            vec![b1, b1],
+            "refused at registration, then at completion"
+        );
     }
 }

@@ -8,7 +8,7 @@ use strata_common::ids::{BlockId, FileId, WorkerId};
 use strata_common::proto::{
     self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
 };
-use strata_common::types::{parse_path, CreateFile};
+use strata_common::types::{parse_path, CreateFile, UfsFingerprint};
 use strata_common::Error;
 use tonic::{Request, Response, Status};
 
@@ -75,6 +75,7 @@ impl FileSystemMaster for FileSystemService {
         ok(proto::CreateFileResponse {
             info: Some(info.into()),
             ufs: ufs.map(Into::into),
+            cluster_id: self.ns.cluster_id().to_string(),
         })
     }
 
@@ -83,9 +84,18 @@ impl FileSystemMaster for FileSystemService {
         req: Request<proto::CompleteFileRequest>,
     ) -> Answer<proto::CompleteFileResponse> {
         let req = req.into_inner();
+        let ufs = match (req.persisted, req.ufs_fingerprint) {
+            (false, _) => None,
+            (true, Some(f)) => Some(UfsFingerprint::try_from(f)?),
+            // A writer that did not say what it wrote: only the length is known.
+            (true, None) => Some(UfsFingerprint {
+                length: req.length,
+                version: String::new(),
+            }),
+        };
         let info = self
             .ns
-            .complete_file(FileId(req.file_id), req.length, req.persisted)
+            .complete_file(FileId(req.file_id), req.length, ufs)
             .await?;
         ok(proto::CompleteFileResponse {
             info: Some(info.into()),
@@ -175,18 +185,39 @@ impl BlockMaster for BlockService {
         if req.rpc_address.is_empty() {
             return Err(Error::invalid_argument("rpc_address", "missing").into());
         }
+        let cluster_id = self.ns.cluster_id().to_string();
+        if req.cluster_id != cluster_id {
+            // Storage of another cluster (this one was formatted since), or new
+            // storage: its block ids may name files of this cluster. The worker is
+            // not registered; it empties its storage, adopts our id and comes back.
+            tracing::info!(address = %req.rpc_address, storage_cluster = %req.cluster_id,
+                "worker storage belongs to another cluster; it must adopt this one first");
+            return ok(proto::RegisterWorkerResponse {
+                worker_id: 0,
+                cluster_id,
+            });
+        }
         let reg = Registration {
             host: req.host,
             rpc_address: req.rpc_address,
             capacity_bytes: req.capacity_bytes,
             used_bytes: req.used_bytes,
-            blocks: req.blocks.into_iter().map(BlockId).collect(),
+            blocks: req
+                .blocks
+                .into_iter()
+                .map(|b| (BlockId(b.block_id), b.length))
+                .collect(),
         };
         let addr = reg.rpc_address.clone();
         let n = reg.blocks.len();
-        let id = self.registry.register(reg, |b| self.ns.block_is_live(b));
+        let id = self
+            .registry
+            .register(reg, |b, len| self.ns.block_is_valid(b, len));
         tracing::info!(worker = %id, address = %addr, blocks = n, "worker registered");
-        ok(proto::RegisterWorkerResponse { worker_id: id.0 })
+        ok(proto::RegisterWorkerResponse {
+            worker_id: id.0,
+            cluster_id,
+        })
     }
 
     async fn worker_heartbeat(
@@ -194,14 +225,18 @@ impl BlockMaster for BlockService {
         req: Request<proto::WorkerHeartbeatRequest>,
     ) -> Answer<proto::WorkerHeartbeatResponse> {
         let req = req.into_inner();
-        let added: Vec<BlockId> = req.added_blocks.into_iter().map(BlockId).collect();
+        let added: Vec<(BlockId, u64)> = req
+            .added
+            .into_iter()
+            .map(|b| (BlockId(b.block_id), b.length))
+            .collect();
         let removed: Vec<BlockId> = req.removed_blocks.into_iter().map(BlockId).collect();
         let answer = self.registry.heartbeat(
             WorkerId(req.worker_id),
             req.used_bytes,
             &added,
             &removed,
-            |b| self.ns.block_is_live(b),
+            |b, len| self.ns.block_is_valid(b, len),
         );
         ok(match answer {
             Some(remove) => proto::WorkerHeartbeatResponse {
@@ -221,13 +256,22 @@ impl BlockMaster for BlockService {
     ) -> Answer<proto::CommitBlockResponse> {
         let req = req.into_inner();
         let block = BlockId(req.block_id);
+        if let Some(f) = req.ufs_fingerprint {
+            self.ns
+                .read_through_is_current(block, &UfsFingerprint::try_from(f)?)?;
+        }
         match self
             .registry
-            .commit(WorkerId(req.worker_id), block, |b| self.ns.block_is_live(b))
-        {
+            .commit(WorkerId(req.worker_id), block, req.length, |b, len| {
+                self.ns.block_is_valid(b, len)
+            }) {
             CommitOutcome::Recorded => ok(proto::CommitBlockResponse {}),
             CommitOutcome::DeadBlock => Err(Error::NotFound {
-                path: format!("file id {} of block {block}", block.file()),
+                path: format!(
+                    "block {block} ({} bytes) of file id {}",
+                    req.length,
+                    block.file()
+                ),
             }
             .into()),
             CommitOutcome::UnknownWorker => Err(Error::unavailable(format!(

@@ -3,9 +3,11 @@
 //! Column families (all keys big-endian so RocksDB's order is numeric order):
 //! - `inodes`:   inode id → [`InodeRecord`]
 //! - `edges`:    parent id ‖ name → child id
-//! - `blocks`:   block id → block length (written when a file completes)
+//! - `blocks`:   no longer written (a file's blocks follow from its length and block
+//!   size); still opened so that stores made by earlier versions open
 //! - `mounts`:   mount id → [`MountRecord`]
-//! - `meta`:     `applied_index`, `last_inode_id`, `last_mount_id` → u64
+//! - `meta`:     `applied_index`, `last_inode_id`, `last_mount_id` → u64;
+//!   `cluster_id` → the cluster's id, made when the store is formatted
 //!
 //! Invariants: the only writer is [`MetaStore::apply`], and each apply is one
 //! `WriteBatch` holding the entry's effects and its index, so a crash never leaves
@@ -24,7 +26,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use strata_common::ids::{block_count, BlockId, FileId};
+use strata_common::ids::{block_count, FileId};
 use strata_common::{Error, Result};
 
 const CF_INODES: &str = "inodes";
@@ -37,6 +39,17 @@ const ALL_CFS: [&str; 5] = [CF_INODES, CF_EDGES, CF_BLOCKS, CF_MOUNTS, CF_META];
 const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
 const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+
+/// A fresh cluster id: 128 random bits, in hex.
+fn new_cluster_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// One key of a [`MetaStore::dump`]: column family, key, value.
 pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
@@ -79,6 +92,7 @@ pub struct MetaStore {
     edge_cache: Cache<(u64, String), u64>,
     generation: AtomicU64,
     mounts: RwLock<Vec<MountRecord>>,
+    cluster_id: String,
 }
 
 impl MetaStore {
@@ -96,16 +110,39 @@ impl MetaStore {
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::unavailable(format!("cannot open metastore {}: {e}", dir.display()))
         })?;
-        let store = MetaStore {
+        let mut store = MetaStore {
             db,
             inode_cache: Cache::new(cache_entries),
             edge_cache: Cache::new(cache_entries),
             generation: AtomicU64::new(0),
             mounts: RwLock::new(Vec::new()),
+            cluster_id: String::new(),
         };
         store.ensure_root()?;
+        store.cluster_id = store.ensure_cluster_id()?;
         store.load_mounts()?;
         Ok(store)
+    }
+
+    /// The cluster's id, made once when the store is formatted: every block a
+    /// worker caches is tagged with it through the worker's storage folder, so
+    /// blocks of an earlier cluster (before a format) are never served as this one's.
+    fn ensure_cluster_id(&self) -> Result<String> {
+        let cf = self.cf(CF_META)?;
+        if let Some(v) = self.db.get_cf(cf, KEY_CLUSTER_ID).map_err(storage)? {
+            return String::from_utf8(v)
+                .map_err(|_| Error::internal("metastore: corrupt cluster id"));
+        }
+        let id = new_cluster_id()?;
+        self.db
+            .put_cf(cf, KEY_CLUSTER_ID, id.as_bytes())
+            .map_err(storage)?;
+        Ok(id)
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -266,13 +303,17 @@ impl MetaStore {
         Ok(out)
     }
 
-    /// Every key and value of every column family, in order: two stores that applied
-    /// the same entries produce equal dumps.
+    /// Every key and value of every column family, in order, but the cluster id
+    /// (made at format, not by apply): two stores that applied the same entries
+    /// produce equal dumps.
     pub fn dump(&self) -> Result<Vec<DumpEntry>> {
         let mut out = Vec::new();
         for cf in ALL_CFS {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (k, v) = item.map_err(storage)?;
+                if cf == CF_META && &*k == KEY_CLUSTER_ID {
+                    continue;
+                }
                 out.push((cf.to_string(), k.to_vec(), v.to_vec()));
             }
         }
@@ -558,16 +599,14 @@ impl<'a> Tx<'a> {
         rec.length = e.length;
         rec.complete = true;
         rec.persisted = e.persisted;
+        rec.ufs_version = e.ufs_version.clone();
         rec.mtime_ms = e.mtime_ms;
-        let cf = self.store.cf(CF_BLOCKS)?;
         let n = block_count(rec.length, rec.block_size);
-        for i in 0..n {
-            let len = (rec.length - i * rec.block_size).min(rec.block_size);
-            let block = BlockId::new(FileId(rec.id), i).map_err(|_| {
-                Error::invalid_argument("length", format!("{}: too many blocks", e.path))
-            })?;
-            self.batch
-                .put_cf(cf, block.0.to_be_bytes(), len.to_be_bytes());
+        if n > strata_common::ids::MAX_BLOCKS_PER_FILE {
+            return Err(Error::invalid_argument(
+                "length",
+                format!("{}: too many blocks", e.path),
+            ));
         }
         self.put_inode(rec)?;
         Ok(Applied::default())
@@ -587,12 +626,6 @@ impl<'a> Tx<'a> {
                     stack.push(child);
                 }
             } else {
-                let n = block_count(rec.length, rec.block_size);
-                let cf = self.store.cf(CF_BLOCKS)?;
-                for i in 0..n.min(strata_common::ids::MAX_BLOCKS_PER_FILE) {
-                    let block = (cur << strata_common::ids::BLOCK_INDEX_BITS) | i;
-                    self.batch.delete_cf(cf, block.to_be_bytes());
-                }
                 removed.push(FileId(cur));
             }
             self.delete_inode(cur)?;
@@ -844,6 +877,7 @@ mod tests {
                 length: 10,
                 persisted: true,
                 mtime_ms: 12,
+                ufs_version: "v1".into(),
             })
             .into(),
             Op::LoadChildren(LoadChildrenEntry {
@@ -946,7 +980,9 @@ mod tests {
             (g.length, g.complete, g.persisted, g.parent_id),
             (10, true, true, 1)
         );
-        assert_eq!(dump.iter().filter(|(cf, _, _)| cf == CF_BLOCKS).count(), 3);
+        // Block lengths follow from the file's record: nothing per block is written,
+        // so a file's size in blocks costs no keys.
+        assert_eq!(dump.iter().filter(|(cf, _, _)| cf == CF_BLOCKS).count(), 0);
         assert_eq!(s1.mounts().len(), 1);
     }
 
@@ -988,5 +1024,69 @@ mod tests {
         assert_eq!(s.applied_index().unwrap(), 6);
         assert_eq!(s.get_child(1, "g").unwrap(), Some(5));
         assert_eq!(s.mounts()[0].uri, "file:///u");
+        assert_eq!(s.get_inode(5).unwrap().unwrap().ufs_version, "v1");
+    }
+
+    #[test]
+    fn the_cluster_id_is_made_once_per_store() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let id = MetaStore::open(d1.path(), 10)
+            .unwrap()
+            .cluster_id()
+            .to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(MetaStore::open(d1.path(), 10).unwrap().cluster_id(), id);
+        // Another store (a formatted one) is another cluster.
+        assert_ne!(MetaStore::open(d2.path(), 10).unwrap().cluster_id(), id);
+    }
+
+    #[test]
+    fn a_file_of_millions_of_blocks_costs_no_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 10).unwrap();
+        let huge = file(2, 1, "huge", 4096);
+        s.apply(
+            1,
+            &Op::Create(CreateEntry {
+                parent_id: 1,
+                path: "/huge".into(),
+                inodes: vec![huge],
+                expected_parent_version: None,
+            })
+            .into(),
+        )
+        .unwrap();
+        let before = s.dump().unwrap().len();
+        // 2^24 blocks of 4 KiB: the most one file may have.
+        let complete = |length: u64| -> JournalEntry {
+            Op::CompleteFile(CompleteFileEntry {
+                id: 2,
+                path: "/huge".into(),
+                length,
+                persisted: false,
+                mtime_ms: 1,
+                ufs_version: String::new(),
+            })
+            .into()
+        };
+        assert!(matches!(
+            s.apply(2, &complete((1 << 24) * 4096 + 1)),
+            Err(Error::InvalidArgument { .. })
+        ));
+        s.apply(3, &complete((1 << 24) * 4096)).unwrap();
+        assert_eq!(s.dump().unwrap().len(), before);
+        s.apply(
+            4,
+            &Op::Delete(DeleteEntry {
+                parent_id: 1,
+                name: "huge".into(),
+                id: 2,
+                path: "/huge".into(),
+                recursive: false,
+                mtime_ms: 2,
+            })
+            .into(),
+        )
+        .unwrap();
     }
 }

@@ -282,6 +282,7 @@ async fn no_path_reaches_outside_a_mount() {
 
     // A client that bypasses the master and asks a worker for `..` is refused too.
     let addr = c.workers[0].handle.addr;
+    let cluster_id = c.fs.file_blocks("/lake/ok.txt").await.unwrap().cluster_id;
     let mut worker = WorkerServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -298,7 +299,12 @@ async fn no_path_reaches_outside_a_mount() {
                 }),
                 block_start: 0,
                 block_length: 10,
+                fingerprint: Some(proto::UfsFingerprint {
+                    length: 10,
+                    version: String::new(),
+                }),
             }),
+            cluster_id: cluster_id.clone(),
         };
         let got = match worker.read_block(req).await {
             Err(status) => Err(Error::from(status)),

@@ -1,19 +1,35 @@
 //! The local-folder under-store (`file:///abs/dir`).
 //!
-//! Invariant: every filesystem call goes through [`LocalStore::resolve`], which builds
-//! the path from validated names and then checks that its deepest existing ancestor,
-//! with symlinks resolved, still lies inside the canonical root. A symlink planted in
-//! the folder therefore cannot lead Strata outside it.
+//! Invariant: all access is descriptor-relative, beneath the descriptor of the mount
+//! root opened once at [`LocalStore::open`]; no path string is ever resolved from `/`
+//! or from the working directory. Every lookup goes through `openat2` with
+//! `RESOLVE_BENEATH`, so the kernel itself refuses, at the moment of the lookup, any
+//! component (a `..` in a symlink, an absolute symlink, a magic link) that would leave
+//! the root. There is no check-then-use window for a symlink swapped in mid-operation
+//! to exploit: what was checked is the descriptor that is then used.
+//!
+//! Entries are acted on through their parent directory's descriptor plus the final
+//! name (`mkdirat`, `unlinkat`, `renameat2`), which never follow a final symlink;
+//! status and reads follow a final symlink only through `openat2`, so one that stays
+//! inside the folder works and one that leads out is refused. A recursive delete
+//! never follows a symlink at all: it removes the link.
+//!
+//! Files are written under a temporary name in the target's directory and renamed
+//! into place on completion; temporary names are never listed or reported.
+//!
+//! Linux only (`openat2` appeared in 5.6); a kernel without it is refused with a
+//! clear error rather than served through a racy fallback.
 
-use crate::{UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
+use crate::{UfsFingerprint, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::ffi::{CStr, CString};
+use std::io::{self, Seek};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
 use strata_common::{Error, Result};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Marks a file still being written; such files are never listed.
 const TEMP_SUFFIX: &str = ".strata-tmp";
@@ -24,7 +40,225 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct LocalStore {
     uri: String,
-    root: PathBuf,
+    /// The mount root, `O_PATH`: the anchor every lookup is resolved beneath.
+    root: Arc<OwnedFd>,
+}
+
+/// A failed system call, and whether it failed while resolving a path beneath the
+/// root. The distinction matters for EXDEV: from a lookup it means "leads outside
+/// the folder", from `renameat2` it means "crosses a filesystem boundary".
+#[derive(Debug)]
+struct Fail {
+    io: io::Error,
+    resolving: bool,
+}
+
+impl Fail {
+    fn resolving(io: io::Error) -> Self {
+        Fail {
+            io,
+            resolving: true,
+        }
+    }
+
+    fn errno(&self) -> Option<i32> {
+        self.io.raw_os_error()
+    }
+}
+
+impl From<io::Error> for Fail {
+    fn from(io: io::Error) -> Self {
+        Fail {
+            io,
+            resolving: false,
+        }
+    }
+}
+
+type Sys<T> = std::result::Result<T, Fail>;
+
+/// The one mapping from a failed system call to Strata's error, by errno.
+fn to_error(path: String, fail: Fail) -> Error {
+    let permanent = |path: String, reason: String| Error::UnderStore {
+        path,
+        reason,
+        temporary: false,
+    };
+    let Some(errno) = fail.errno() else {
+        // Not from the OS (a short write reported by the I/O layer, ...).
+        return permanent(path, fail.io.to_string());
+    };
+    match errno {
+        libc::ENOENT => Error::NotFound { path },
+        libc::EEXIST => Error::AlreadyExists { path },
+        libc::ENOTDIR => Error::NotADirectory { path },
+        libc::EISDIR => Error::IsADirectory { path },
+        libc::ENOTEMPTY => Error::DirectoryNotEmpty { path },
+        libc::EXDEV if fail.resolving => Error::NotPermitted {
+            path,
+            reason: "resolves outside the mounted folder".to_string(),
+        },
+        libc::EXDEV => permanent(
+            path,
+            "crosses a filesystem boundary inside the mounted folder".to_string(),
+        ),
+        // Only lookups fail with ELOOP: a symlink loop, or a link RESOLVE_BENEATH
+        // will not follow (a magic link such as /proc/self/fd/N).
+        libc::ELOOP => Error::NotPermitted {
+            path,
+            reason: "leads through a symlink loop or a link that is not followed".to_string(),
+        },
+        libc::ENOSYS if fail.resolving => permanent(
+            path,
+            "this kernel lacks openat2 (Linux 5.6 or later is needed to confine access \
+             to the mounted folder)"
+                .to_string(),
+        ),
+        // Resources that a later try may find free again.
+        libc::EINTR | libc::EAGAIN | libc::ETIMEDOUT | libc::EMFILE | libc::ENFILE => {
+            Error::UnderStore {
+                path,
+                reason: fail.io.to_string(),
+                temporary: true,
+            }
+        }
+        _ => permanent(path, fail.io.to_string()),
+    }
+}
+
+/// `a/b/c` for the components, `.` for none: a path for `openat2` beneath the root.
+fn relative(components: &[String]) -> Sys<CString> {
+    let joined = if components.is_empty() {
+        ".".to_string()
+    } else {
+        components.join("/")
+    };
+    // Components are validated (no NUL); this only guards the conversion.
+    CString::new(joined).map_err(|_| Fail::from(io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+fn c_name(name: &str) -> Sys<CString> {
+    CString::new(name).map_err(|_| Fail::from(io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_regular(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// A file's identity: the inode survives renames but not replacement; the mtime (to
+/// the nanosecond) changes with writes in place.
+fn version_of(st: &libc::stat) -> String {
+    format!("{:x}-{:x}", st.st_ino, mtime_nanos(st))
+}
+
+fn mtime_nanos(st: &libc::stat) -> i128 {
+    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+}
+
+fn status_of(name: String, st: &libc::stat) -> UfsStatus {
+    let dir = is_dir(st);
+    UfsStatus {
+        name,
+        is_dir: dir,
+        length: if dir {
+            0
+        } else {
+            u64::try_from(st.st_size).unwrap_or(0)
+        },
+        mtime_ms: i64::try_from(mtime_nanos(st) / 1_000_000).unwrap_or(0),
+        version: if dir { String::new() } else { version_of(st) },
+    }
+}
+
+/// Opens `path` (relative, possibly several components) beneath `root`.
+fn open_beneath(root: &OwnedFd, path: &CStr, flags: libc::c_int) -> Sys<OwnedFd> {
+    sys::openat2(
+        root.as_fd(),
+        path,
+        flags | libc::O_CLOEXEC,
+        0,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .map_err(Fail::resolving)
+}
+
+/// The directory at `components`, `O_PATH`, for acting on the entries in it.
+fn open_dir(root: &OwnedFd, components: &[String]) -> Sys<OwnedFd> {
+    open_beneath(
+        root,
+        &relative(components)?,
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+}
+
+/// The directory at `components`, created with its missing parents.
+fn ensure_dirs(root: &OwnedFd, components: &[String]) -> Sys<OwnedFd> {
+    match open_dir(root, components) {
+        Err(f) if f.errno() == Some(libc::ENOENT) => {}
+        other => return other,
+    }
+    let mut dir = root.try_clone()?;
+    for depth in 1..=components.len() {
+        let name = c_name(&components[depth - 1])?;
+        // mkdirat never follows `name`: if a symlink is there, it is EEXIST, and the
+        // reopen below decides (beneath the root) whether it may be followed.
+        match sys::mkdirat(dir.as_fd(), &name, 0o777) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e.into()),
+            _ => {}
+        }
+        // Reopened from the root, not from `dir`, so a symlink inside the folder
+        // whose target climbs with `..` above `dir` still resolves.
+        dir = open_dir(root, &components[..depth])?;
+    }
+    Ok(dir)
+}
+
+/// Removes the directory `name` in `parent` and everything below it, following no
+/// symlink: a link is removed, never what it points at.
+fn remove_tree(parent: &OwnedFd, name: &CStr) -> io::Result<()> {
+    let dir = match sys::openat2(
+        parent.as_fd(),
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        // Replaced by a link or a file since it was looked at: remove that entry.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return ignore_missing(sys::unlinkat(parent.as_fd(), name, 0));
+        }
+        Err(e) => return ignore_missing(Err(e)),
+    };
+    for child in sys::read_dir_names(&dir)? {
+        let st = match sys::fstatat_nofollow(dir.as_fd(), &child) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        if is_dir(&st) {
+            remove_tree(&dir, &child)?;
+        } else {
+            ignore_missing(sys::unlinkat(dir.as_fd(), &child, 0))?;
+        }
+    }
+    ignore_missing(sys::unlinkat(parent.as_fd(), name, libc::AT_REMOVEDIR))
+}
+
+/// Something else removing the entry first is as good as removing it.
+fn ignore_missing(res: io::Result<()>) -> io::Result<()> {
+    match res {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 impl LocalStore {
@@ -36,24 +270,19 @@ impl LocalStore {
                 format!("{uri:?}: a local under-store needs an absolute folder"),
             ));
         }
-        let root = std::fs::canonicalize(dir).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound {
-                path: uri.to_string(),
-            },
-            _ => Error::UnderStore {
-                path: uri.to_string(),
-                reason: e.to_string(),
-                temporary: false,
-            },
+        let path = CString::new(dir).map_err(|_| Error::InvalidPath {
+            path: uri.to_string(),
+            reason: "path contains a NUL byte".to_string(),
         })?;
-        if !root.is_dir() {
-            return Err(Error::NotADirectory {
-                path: uri.to_string(),
-            });
-        }
+        // The one resolution from `/`: the configured folder itself. Everything later
+        // is beneath this descriptor, wherever the folder's path comes to point.
+        let root = sys::open_path_dir(&path).map_err(|e| to_error(uri.to_string(), e.into()))?;
+        // Fail at mount time, not on the first request, on a kernel without openat2.
+        open_beneath(&root, c".", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|f| to_error(uri.to_string(), f))?;
         Ok(LocalStore {
             uri: uri.to_string(),
-            root,
+            root: Arc::new(root),
         })
     }
 
@@ -65,69 +294,24 @@ impl LocalStore {
         }
     }
 
-    fn err(&self, path: &UfsPath, e: io::Error) -> Error {
-        let p = self.display(path);
-        use io::ErrorKind as K;
-        match e.kind() {
-            K::NotFound => Error::NotFound { path: p },
-            K::AlreadyExists => Error::AlreadyExists { path: p },
-            K::NotADirectory => Error::NotADirectory { path: p },
-            K::IsADirectory => Error::IsADirectory { path: p },
-            K::DirectoryNotEmpty => Error::DirectoryNotEmpty { path: p },
-            K::Interrupted | K::TimedOut | K::WouldBlock => Error::UnderStore {
-                path: p,
-                reason: e.to_string(),
-                temporary: true,
-            },
-            _ => Error::UnderStore {
-                path: p,
-                reason: e.to_string(),
-                temporary: false,
-            },
-        }
+    /// Runs blocking system calls against the root off the async threads; failures
+    /// are reported at `path`.
+    async fn run<T: Send + 'static>(
+        &self,
+        path: &UfsPath,
+        f: impl FnOnce(&OwnedFd) -> Sys<T> + Send + 'static,
+    ) -> Result<T> {
+        let root = self.root.clone();
+        blocking(move || f(&root))
+            .await?
+            .map_err(|fail| to_error(self.display(path), fail))
     }
 
-    /// The local path for `path`, refused if it would resolve outside the root.
-    fn resolve(&self, path: &UfsPath) -> Result<PathBuf> {
-        let mut full = self.root.clone();
-        for c in path.components() {
-            full.push(c);
-        }
-        let mut probe = full.clone();
-        loop {
-            match std::fs::canonicalize(&probe) {
-                Ok(real) => {
-                    if !real.starts_with(&self.root) {
-                        return Err(Error::NotPermitted {
-                            path: self.display(path),
-                            reason: "resolves outside the mounted folder".to_string(),
-                        });
-                    }
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !probe.pop() || probe.as_os_str().len() < self.root.as_os_str().len() {
-                        break;
-                    }
-                }
-                Err(e) => return Err(self.err(path, e)),
-            }
-        }
-        Ok(full)
-    }
-
-    fn status_of(name: String, meta: &std::fs::Metadata) -> UfsStatus {
-        let mtime_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        UfsStatus {
-            name,
-            is_dir: meta.is_dir(),
-            length: if meta.is_dir() { 0 } else { meta.len() },
-            mtime_ms,
+    fn split(path: &UfsPath) -> (Vec<String>, String) {
+        let comps = path.components();
+        match comps.split_last() {
+            Some((last, parent)) => (parent.to_vec(), last.clone()),
+            None => (Vec::new(), String::new()),
         }
     }
 }
@@ -138,10 +322,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::internal(format!("blocking task failed: {e}")))
 }
 
-fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
-}
-
 #[async_trait]
 impl UnderStore for LocalStore {
     fn uri(&self) -> &str {
@@ -149,94 +329,168 @@ impl UnderStore for LocalStore {
     }
 
     async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>> {
-        let full = self.resolve(path)?;
-        match tokio::fs::metadata(&full).await {
-            Ok(meta) => {
-                let name = path.components().last().cloned().unwrap_or_default();
-                Ok(Some(Self::status_of(name, &meta)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(path, e)),
+        let (_, name) = Self::split(path);
+        if is_temp_name(&name) {
+            return Ok(None);
         }
+        let rel = path.components().to_vec();
+        self.run(path, move |root| {
+            // O_PATH follows a final symlink beneath the root without opening the
+            // target for I/O (no blocking open of a FIFO, no access-time update).
+            let fd = match open_beneath(root, &relative(&rel)?, libc::O_PATH) {
+                Ok(fd) => fd,
+                Err(f) if f.errno() == Some(libc::ENOENT) => return Ok(None),
+                Err(f) => return Err(f),
+            };
+            let st = sys::fstat(fd.as_fd())?;
+            Ok(Some(status_of(name, &st)))
+        })
+        .await
     }
 
     async fn list(&self, path: &UfsPath) -> Result<Vec<UfsStatus>> {
-        let full = self.resolve(path)?;
-        let root = self.root.clone();
-        let listed = blocking(move || -> io::Result<Vec<UfsStatus>> {
+        let rel = path.components().to_vec();
+        self.run(path, move |root| {
+            let dir = open_beneath(root, &relative(&rel)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
             let mut out = Vec::new();
-            for entry in std::fs::read_dir(&full)? {
-                let entry = entry?;
-                let Ok(name) = entry.file_name().into_string() else {
+            for raw in sys::read_dir_names(&dir)? {
+                let Ok(name) = raw.to_str() else {
                     continue; // not UTF-8: cannot be named in the namespace
                 };
-                if is_temp_name(&name) || strata_common::path::validate_name(&name).is_err() {
+                if is_temp_name(name) || strata_common::path::validate_name(name).is_err() {
                     continue;
                 }
-                // Skip entries (symlinks) that lead outside the root, and dangling ones.
-                let Ok(real) = std::fs::canonicalize(entry.path()) else {
-                    continue;
+                let st = match sys::fstatat_nofollow(dir.as_fd(), &raw) {
+                    Ok(st) => st,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(e.into()),
                 };
-                if !real.starts_with(&root) {
-                    continue;
-                }
-                let meta = std::fs::metadata(&real)?;
-                out.push(Self::status_of(name, &meta));
+                let st = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    // Followed from the root, as a lookup of the entry's full path
+                    // would be, so a link may climb with `..` as long as it stays in.
+                    let mut entry = rel.clone();
+                    entry.push(name.to_string());
+                    match open_beneath(root, &relative(&entry)?, libc::O_PATH) {
+                        Ok(fd) => sys::fstat(fd.as_fd())?,
+                        // Leads outside, loops, or dangles: not part of the folder.
+                        Err(f)
+                            if matches!(
+                                f.errno(),
+                                Some(libc::EXDEV | libc::ELOOP | libc::ENOENT | libc::ENOTDIR)
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(f) => return Err(f),
+                    }
+                } else {
+                    st
+                };
+                out.push(status_of(name.to_string(), &st));
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })
-        .await?;
-        listed.map_err(|e| self.err(path, e))
+        .await
     }
 
-    async fn open_range(&self, path: &UfsPath, offset: u64, length: u64) -> Result<UfsReader> {
-        let full = self.resolve(path)?;
-        let mut file = tokio::fs::File::open(&full)
-            .await
-            .map_err(|e| self.err(path, e))?;
-        file.seek(io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| self.err(path, e))?;
-        Ok(Box::pin(file.take(length)))
+    async fn open_range(
+        &self,
+        path: &UfsPath,
+        offset: u64,
+        length: u64,
+        expect: &UfsFingerprint,
+    ) -> Result<UfsReader> {
+        let rel = path.components().to_vec();
+        // O_NONBLOCK so that a FIFO planted at the path cannot hang the open; it has
+        // no effect on reads of the regular files that pass the check below.
+        let fd = self
+            .run(path, move |root| {
+                open_beneath(root, &relative(&rel)?, libc::O_RDONLY | libc::O_NONBLOCK)
+            })
+            .await?;
+        let expect = expect.clone();
+        let display = self.display(path);
+        let checked = blocking(move || -> Result<std::fs::File> {
+            // The fingerprint is taken from the descriptor that will be read, so the
+            // file checked is the file served even if the path is replaced meanwhile.
+            let st = sys::fstat(fd.as_fd()).map_err(|e| to_error(display.clone(), e.into()))?;
+            if is_dir(&st) {
+                return Err(Error::IsADirectory { path: display });
+            }
+            if !is_regular(&st) {
+                return Err(Error::NotPermitted {
+                    path: display,
+                    reason: "not a regular file".to_string(),
+                });
+            }
+            let found = UfsFingerprint {
+                length: u64::try_from(st.st_size).unwrap_or(0),
+                version: version_of(&st),
+            };
+            if let Some(reason) = expect.mismatch(&found) {
+                return Err(Error::UfsChanged {
+                    path: display,
+                    reason,
+                });
+            }
+            let mut file = std::fs::File::from(fd);
+            file.seek(io::SeekFrom::Start(offset))
+                .map_err(|e| to_error(display, e.into()))?;
+            Ok(file)
+        })
+        .await??;
+        Ok(Box::pin(tokio::fs::File::from_std(checked).take(length)))
     }
 
     async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>> {
-        let full = self.resolve(path)?;
         if path.is_root() {
             return Err(Error::IsADirectory {
                 path: self.display(path),
             });
         }
-        let parent = full
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| self.err(path, e))?;
+        let (parent, name) = Self::split(path);
         // A short name: the target's own name may already be at the length limit.
-        let temp = parent.join(format!(
+        let temp = format!(
             ".{}-{}{TEMP_SUFFIX}",
             std::process::id(),
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(|e| self.err(path, e))?;
+        );
+        let temp_c = CString::new(temp).map_err(|_| Error::internal("temp name with NUL"))?;
+        let temp_open = temp_c.clone();
+        let full = path.components().to_vec();
+        let (dir, file) = self
+            .run(path, move |root| {
+                let dir = ensure_dirs(root, &parent)?;
+                // Not needed for safety (completion replaces the entry itself, never a
+                // link's target), but a path `status` refuses is refused here too.
+                match open_beneath(root, &relative(&full)?, libc::O_PATH) {
+                    Err(f) if f.errno() != Some(libc::ENOENT) => return Err(f),
+                    _ => {}
+                }
+                let file = sys::openat2(
+                    dir.as_fd(),
+                    &temp_open,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o666,
+                    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+                )?;
+                Ok((dir, file))
+            })
+            .await?;
         Ok(Box::new(LocalWriter {
-            file: Some(file),
-            temp,
-            target: full,
+            file: Some(tokio::fs::File::from_std(std::fs::File::from(file))),
+            dir: Arc::new(dir),
+            temp: temp_c,
+            name,
             display: self.display(path),
         }))
     }
 
     async fn mkdirs(&self, path: &UfsPath) -> Result<()> {
-        let full = self.resolve(path)?;
-        tokio::fs::create_dir_all(&full)
+        let rel = path.components().to_vec();
+        self.run(path, move |root| ensure_dirs(root, &rel).map(drop))
             .await
-            .map_err(|e| self.err(path, e))
     }
 
     async fn delete(&self, path: &UfsPath, recursive: bool) -> Result<()> {
@@ -246,60 +500,80 @@ impl UnderStore for LocalStore {
                 reason: "the mount root cannot be deleted".to_string(),
             });
         }
-        let full = self.resolve(path)?;
-        let meta = match tokio::fs::symlink_metadata(&full).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(path, e)),
-        };
-        let res = if meta.is_dir() {
-            if recursive {
-                tokio::fs::remove_dir_all(&full).await
+        let (parent, name) = Self::split(path);
+        self.run(path, move |root| {
+            let dir = match open_dir(root, &parent) {
+                Ok(dir) => dir,
+                Err(f) if f.errno() == Some(libc::ENOENT) => return Ok(()),
+                Err(f) => return Err(f),
+            };
+            let name = c_name(&name)?;
+            let st = match sys::fstatat_nofollow(dir.as_fd(), &name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // A symlink (even to a directory) is not a directory here: the link goes.
+            let res = if !is_dir(&st) {
+                sys::unlinkat(dir.as_fd(), &name, 0)
+            } else if recursive {
+                remove_tree(&dir, &name)
             } else {
-                tokio::fs::remove_dir(&full).await
-            }
-        } else {
-            tokio::fs::remove_file(&full).await
-        };
-        match res {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.err(path, e)),
-            _ => Ok(()),
-        }
+                sys::unlinkat(dir.as_fd(), &name, libc::AT_REMOVEDIR)
+            };
+            Ok(ignore_missing(res)?)
+        })
+        .await
     }
 
     async fn rename(&self, src: &UfsPath, dst: &UfsPath) -> Result<()> {
-        let from = self.resolve(src)?;
-        let to = self.resolve(dst)?;
-        if tokio::fs::symlink_metadata(&to).await.is_ok() {
-            return Err(Error::AlreadyExists {
-                path: self.display(dst),
+        if src.is_root() || dst.is_root() {
+            return Err(Error::NotPermitted {
+                path: self.display(if src.is_root() { src } else { dst }),
+                reason: "the mount root cannot be renamed".to_string(),
             });
         }
-        if let Some(parent) = to.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| self.err(dst, e))?;
+        let (src_parent, src_name) = Self::split(src);
+        let (dst_parent, dst_name) = Self::split(dst);
+        let from = self
+            .run(src, move |root| open_dir(root, &src_parent))
+            .await?;
+        let to = self
+            .run(dst, move |root| ensure_dirs(root, &dst_parent))
+            .await?;
+        let renamed = blocking(move || -> Sys<()> {
+            // RENAME_NOREPLACE: the kernel refuses an existing destination in the same
+            // step as the rename, so no check-then-rename window can clobber one.
+            Ok(sys::renameat2(
+                from.as_fd(),
+                &c_name(&src_name)?,
+                to.as_fd(),
+                &c_name(&dst_name)?,
+                libc::RENAME_NOREPLACE,
+            )?)
+        })
+        .await?;
+        match renamed {
+            Ok(()) => Ok(()),
+            Err(f) if f.errno() == Some(libc::EEXIST) => Err(to_error(self.display(dst), f)),
+            Err(f) => Err(to_error(self.display(src), f)),
         }
-        tokio::fs::rename(&from, &to)
-            .await
-            .map_err(|e| self.err(src, e))
     }
 }
 
 struct LocalWriter {
     file: Option<tokio::fs::File>,
-    temp: PathBuf,
-    target: PathBuf,
+    /// The target's directory: the temp file lives here and is renamed within it, so
+    /// completion lands where creation was checked, whatever happens to the path.
+    dir: Arc<OwnedFd>,
+    temp: CString,
+    name: String,
     display: String,
 }
 
 impl LocalWriter {
     fn err(&self, e: io::Error) -> Error {
-        Error::UnderStore {
-            path: self.display.clone(),
-            reason: e.to_string(),
-            temporary: false,
-        }
+        to_error(self.display.clone(), e.into())
     }
 }
 
@@ -315,30 +589,45 @@ impl UfsWriter for LocalWriter {
         }
     }
 
-    async fn complete(mut self: Box<Self>) -> Result<()> {
+    async fn complete(mut self: Box<Self>) -> Result<UfsStatus> {
         let Some(mut file) = self.file.take() else {
             return Err(Error::internal("complete after close"));
         };
-        let res = async {
-            file.flush().await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&self.temp, &self.target).await
+        // tokio reports a failed buffered write on the next operation: flush first.
+        let res = match file.flush().await {
+            Err(e) => Err(self.err(e)),
+            Ok(()) => {
+                let file = file.into_std().await;
+                let (dir, temp, name) = (self.dir.clone(), self.temp.clone(), self.name.clone());
+                let display = self.display.clone();
+                blocking(move || -> Sys<UfsStatus> {
+                    file.sync_all()?;
+                    // Taken before the rename, which keeps the inode and the mtime: this
+                    // is the fingerprint readers of the path will find.
+                    let st = sys::fstat(file.as_fd())?;
+                    drop(file);
+                    let target = c_name(&name)?;
+                    sys::renameat(dir.as_fd(), &temp, dir.as_fd(), &target)?;
+                    Ok(status_of(name, &st))
+                })
+                .await
+                .and_then(|r| r.map_err(|fail| to_error(display, fail)))
+            }
+        };
+        if res.is_err() {
+            let (dir, temp) = (self.dir.clone(), self.temp.clone());
+            // Best effort: the error being returned matters more than the cleanup's.
+            let _ = blocking(move || sys::unlinkat(dir.as_fd(), &temp, 0)).await;
         }
-        .await;
-        if let Err(e) = res {
-            let _ = tokio::fs::remove_file(&self.temp).await;
-            return Err(self.err(e));
-        }
-        Ok(())
+        res
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file.take();
-        match tokio::fs::remove_file(&self.temp).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.err(e)),
-            _ => Ok(()),
-        }
+        let (dir, temp) = (self.dir.clone(), self.temp.clone());
+        blocking(move || ignore_missing(sys::unlinkat(dir.as_fd(), &temp, 0)))
+            .await?
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -346,7 +635,187 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             // Neither completed nor aborted (the writer's task was cut off): leave no trace.
-            let _ = std::fs::remove_file(&self.temp);
+            let _ = sys::unlinkat(self.dir.as_fd(), &self.temp, 0);
+        }
+    }
+}
+
+/// Thin safe wrappers over the `*at` system calls; `io::Error` carries the errno.
+mod sys {
+    use std::ffi::{CStr, CString};
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+    use std::ptr::NonNull;
+
+    fn check(ret: libc::c_int) -> io::Result<()> {
+        if ret == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Opens an absolute folder `O_PATH|O_DIRECTORY`.
+    pub(super) fn open_path_dir(path: &CStr) -> io::Result<OwnedFd> {
+        // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by open and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `openat2(dir, path, {flags, mode, resolve})`.
+    pub(super) fn openat2(
+        dir: BorrowedFd<'_>,
+        path: &CStr,
+        flags: libc::c_int,
+        mode: u64,
+        resolve: u64,
+    ) -> io::Result<OwnedFd> {
+        // SAFETY: open_how is plain integers; all-zero is its documented default.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.mode = mode;
+        how.resolve = resolve;
+        // A scoped lookup answers EAGAIN when a rename elsewhere raced it; the kernel
+        // asks callers to retry. Bounded, so a rename storm surfaces as temporary.
+        let mut tries = 0;
+        loop {
+            // SAFETY: `path` and `how` outlive the call, and `how`'s size is passed.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    &how as *const libc::open_how,
+                    std::mem::size_of::<libc::open_how>(),
+                )
+            };
+            if ret >= 0 {
+                // SAFETY: a non-negative return is a new descriptor owned by nobody else.
+                return Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) });
+            }
+            let e = io::Error::last_os_error();
+            tries += 1;
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) || tries >= 16 {
+                return Err(e);
+            }
+        }
+    }
+
+    pub(super) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+        // SAFETY: stat is plain data, filled by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open and `st` is a valid out-pointer.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        Ok(st)
+    }
+
+    pub(super) fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+        // SAFETY: stat is plain data, filled by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is open, `name` NUL-terminated, `st` a valid out-pointer.
+        check(unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        Ok(st)
+    }
+
+    pub(super) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+        // SAFETY: `dir` is open and `name` NUL-terminated.
+        check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+    }
+
+    pub(super) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: `dir` is open and `name` NUL-terminated.
+        check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+    }
+
+    pub(super) fn renameat(
+        from_dir: BorrowedFd<'_>,
+        from: &CStr,
+        to_dir: BorrowedFd<'_>,
+        to: &CStr,
+    ) -> io::Result<()> {
+        renameat2(from_dir, from, to_dir, to, 0)
+    }
+
+    pub(super) fn renameat2(
+        from_dir: BorrowedFd<'_>,
+        from: &CStr,
+        to_dir: BorrowedFd<'_>,
+        to: &CStr,
+        flags: libc::c_uint,
+    ) -> io::Result<()> {
+        // SAFETY: both descriptors are open and both names NUL-terminated.
+        check(unsafe {
+            libc::renameat2(
+                from_dir.as_raw_fd(),
+                from.as_ptr(),
+                to_dir.as_raw_fd(),
+                to.as_ptr(),
+                flags,
+            )
+        })
+    }
+
+    /// An open directory stream, closed on drop.
+    struct DirStream(NonNull<libc::DIR>);
+
+    impl Drop for DirStream {
+        fn drop(&mut self) {
+            // SAFETY: the stream came from fdopendir and is closed exactly once.
+            unsafe { libc::closedir(self.0.as_ptr()) };
+        }
+    }
+
+    /// The names in the directory `dir` (opened for reading), without `.` and `..`.
+    pub(super) fn read_dir_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+        // fdopendir takes the descriptor it is given; a duplicate leaves `dir` usable
+        // for the *at calls on the entries.
+        let dup = dir.as_fd().try_clone_to_owned()?;
+        let raw = dup.into_raw_fd();
+        // SAFETY: `raw` is an open descriptor whose ownership passes to the stream.
+        let Some(stream) = NonNull::new(unsafe { libc::fdopendir(raw) }) else {
+            let e = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so `raw` is still ours to close.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+            return Err(e);
+        };
+        let stream = DirStream(stream);
+        let mut names = Vec::new();
+        loop {
+            // readdir signals an error only through errno, so clear it first.
+            // SAFETY: errno is thread-local; writing it is always allowed.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: the stream is open and used by this thread only.
+            let entry = unsafe { libc::readdir(stream.0.as_ptr()) };
+            if entry.is_null() {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(0) | None => Ok(names),
+                    Some(_) => Err(e),
+                };
+            }
+            // SAFETY: a non-null entry is valid until the next readdir on the stream,
+            // and d_name is NUL-terminated; it is copied before then.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            let bytes = name.to_bytes();
+            if bytes != b"." && bytes != b".." {
+                names.push(name.to_owned());
+            }
         }
     }
 }
@@ -354,12 +823,59 @@ impl Drop for LocalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
 
-    async fn read_all(store: &LocalStore, p: &UfsPath, off: u64, len: u64) -> Vec<u8> {
-        let mut r = store.open_range(p, off, len).await.unwrap();
+    fn store_at(dir: &Path) -> LocalStore {
+        LocalStore::open("file:///t", dir.to_str().unwrap()).unwrap()
+    }
+
+    fn p(s: &str) -> UfsPath {
+        UfsPath::parse(s).unwrap()
+    }
+
+    async fn fingerprint(store: &LocalStore, path: &UfsPath) -> UfsFingerprint {
+        store.status(path).await.unwrap().unwrap().fingerprint()
+    }
+
+    async fn read_all(store: &LocalStore, path: &UfsPath, off: u64, len: u64) -> Vec<u8> {
+        let fp = fingerprint(store, path).await;
+        let mut r = store.open_range(path, off, len, &fp).await.unwrap();
         let mut v = Vec::new();
         r.read_to_end(&mut v).await.unwrap();
         v
+    }
+
+    async fn write_file(store: &LocalStore, path: &UfsPath, data: &'static [u8]) -> UfsStatus {
+        let mut w = store.create(path).await.unwrap();
+        w.write(Bytes::from_static(data)).await.unwrap();
+        w.complete().await.unwrap()
+    }
+
+    /// Every file below `dir` with its content, following no symlink.
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let ty = e.file_type().unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if ty.is_dir() {
+                for (n, c) in snapshot(&e.path()) {
+                    out.push((format!("{name}/{n}"), c));
+                }
+                out.push((format!("{name}/"), Vec::new()));
+            } else {
+                out.push((name, std::fs::read(e.path()).unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn not_permitted<T>(res: Result<T>) -> bool {
+        matches!(res, Err(Error::NotPermitted { .. }))
     }
 
     #[tokio::test]
@@ -367,24 +883,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = format!("file://{}", dir.path().display());
         let store = LocalStore::open(&uri, dir.path().to_str().unwrap()).unwrap();
-        let p = UfsPath::parse("a/b/f.bin").unwrap();
-        let mut w = store.create(&p).await.unwrap();
+        let f = p("a/b/f.bin");
+        let mut w = store.create(&f).await.unwrap();
         w.write(Bytes::from_static(b"hello ")).await.unwrap();
         // Not visible before complete.
-        assert!(store.status(&p).await.unwrap().is_none());
-        assert!(store
-            .list(&UfsPath::parse("a/b").unwrap())
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(store.status(&f).await.unwrap().is_none());
+        assert!(store.list(&p("a/b")).await.unwrap().is_empty());
         w.write(Bytes::from_static(b"world")).await.unwrap();
-        w.complete().await.unwrap();
-        assert_eq!(store.status(&p).await.unwrap().unwrap().length, 11);
-        assert_eq!(read_all(&store, &p, 6, 5).await, b"world");
-        let q = UfsPath::parse("a/c.bin").unwrap();
-        store.rename(&p, &q).await.unwrap();
+        let done = w.complete().await.unwrap();
+        assert_eq!(done.length, 11);
+        assert_eq!(done.name, "f.bin");
+        assert_eq!(store.status(&f).await.unwrap().unwrap().length, 11);
+        assert_eq!(read_all(&store, &f, 6, 5).await, b"world");
+        let q = p("a/c.bin");
+        store.rename(&f, &q).await.unwrap();
+        // A rename keeps the file's identity.
+        assert_eq!(fingerprint(&store, &q).await, done.fingerprint());
         let names: Vec<_> = store
-            .list(&UfsPath::parse("a").unwrap())
+            .list(&p("a"))
             .await
             .unwrap()
             .into_iter()
@@ -392,31 +908,45 @@ mod tests {
             .collect();
         assert_eq!(names, ["b", "c.bin"]);
         assert!(matches!(
-            store.delete(&UfsPath::parse("a").unwrap(), false).await,
+            store.delete(&p("a"), false).await,
             Err(Error::DirectoryNotEmpty { .. })
         ));
-        store
-            .delete(&UfsPath::parse("a").unwrap(), true)
-            .await
-            .unwrap();
-        assert!(store
-            .status(&UfsPath::parse("a").unwrap())
-            .await
-            .unwrap()
-            .is_none());
+        store.delete(&p("a"), true).await.unwrap();
+        assert!(store.status(&p("a")).await.unwrap().is_none());
+        // Deleting what is not there is fine.
+        store.delete(&p("a/zz"), true).await.unwrap();
     }
 
     #[tokio::test]
     async fn aborted_and_dropped_writers_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open("file:///t", dir.path().to_str().unwrap()).unwrap();
-        let p = UfsPath::parse("x").unwrap();
-        let mut w = store.create(&p).await.unwrap();
+        let store = store_at(dir.path());
+        let x = p("x");
+        let mut w = store.create(&x).await.unwrap();
         w.write(Bytes::from_static(b"junk")).await.unwrap();
         w.abort().await.unwrap();
-        let w = store.create(&p).await.unwrap();
+        let w = store.create(&x).await.unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn temp_files_are_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let w = store.create(&p("f")).await.unwrap();
+        let temp = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap();
+        assert!(is_temp_name(&temp), "{temp}");
+        assert!(store.status(&p(&temp)).await.unwrap().is_none());
+        assert!(store.list(&UfsPath::root()).await.unwrap().is_empty());
+        drop(w);
     }
 
     #[tokio::test]
@@ -424,22 +954,291 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"s3cr3t").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("s")).unwrap();
-        let store = LocalStore::open("file:///t", dir.path().to_str().unwrap()).unwrap();
-        for p in ["escape/secret", "s", "escape/new"] {
-            let p = UfsPath::parse(p).unwrap();
+        symlink(outside.path(), dir.path().join("escape")).unwrap();
+        symlink(outside.path().join("secret"), dir.path().join("s")).unwrap();
+        // A relative link that climbs out is refused just like an absolute one.
+        let rel_out = Path::new("..").join(outside.path().file_name().unwrap());
+        symlink(&rel_out, dir.path().join("up")).unwrap();
+        let store = store_at(dir.path());
+        let any = UfsFingerprint {
+            length: 6,
+            version: String::new(),
+        };
+        for path in ["escape/secret", "s", "escape/new", "up/secret"] {
+            let path = p(path);
+            assert!(not_permitted(store.status(&path).await), "{path}");
             assert!(
-                matches!(store.status(&p).await, Err(Error::NotPermitted { .. })),
-                "{p}"
+                not_permitted(store.open_range(&path, 0, 6, &any).await),
+                "{path}"
             );
-            assert!(store.open_range(&p, 0, 6).await.is_err());
-            assert!(store.create(&p).await.is_err());
+            assert!(not_permitted(store.create(&path).await), "{path}");
         }
         assert!(store.list(&UfsPath::root()).await.unwrap().is_empty());
         assert_eq!(
-            std::fs::read(outside.path().join("secret")).unwrap(),
-            b"s3cr3t"
+            snapshot(outside.path()),
+            [("secret".to_string(), b"s3cr3t".to_vec())]
         );
+    }
+
+    #[tokio::test]
+    async fn open_range_refuses_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let f = p("f");
+        let first = write_file(&store, &f, b"0123456789").await;
+        let fp = first.fingerprint();
+        assert!(store.open_range(&f, 0, 10, &fp).await.is_ok());
+        let wrong_length = UfsFingerprint {
+            length: 11,
+            ..fp.clone()
+        };
+        assert!(matches!(
+            store.open_range(&f, 0, 10, &wrong_length).await,
+            Err(Error::UfsChanged { .. })
+        ));
+        let wrong_version = UfsFingerprint {
+            version: "1-2".to_string(),
+            ..fp.clone()
+        };
+        assert!(matches!(
+            store.open_range(&f, 0, 10, &wrong_version).await,
+            Err(Error::UfsChanged { .. })
+        ));
+        // Replaced behind Strata's back by a file of the same length.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"abcdefghij").unwrap();
+        std::fs::rename(&other, dir.path().join("f")).unwrap();
+        assert_eq!(store.status(&f).await.unwrap().unwrap().length, 10);
+        assert!(matches!(
+            store.open_range(&f, 0, 10, &fp).await,
+            Err(Error::UfsChanged { .. })
+        ));
+        assert_eq!(read_all(&store, &f, 2, 3).await, b"cde");
+    }
+
+    #[tokio::test]
+    async fn completed_status_is_the_fingerprint_readers_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let f = p("d/f");
+        let first = write_file(&store, &f, b"same").await;
+        assert_eq!(store.status(&f).await.unwrap().unwrap(), first);
+        assert!(!first.version.is_empty());
+        let second = write_file(&store, &f, b"same").await;
+        assert_eq!(store.status(&f).await.unwrap().unwrap(), second);
+        assert_ne!(first.fingerprint(), second.fingerprint());
+        assert!(matches!(
+            store.open_range(&f, 0, 4, &first.fingerprint()).await,
+            Err(Error::UfsChanged { .. })
+        ));
+        assert!(store
+            .status(&p("d"))
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_swapped_in_after_open_leads_nowhere() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("f"), b"secret").unwrap();
+        std::fs::create_dir(outside.path().join("sub")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let inside = write_file(&store, &p("a/f"), b"inside").await;
+        write_file(&store, &p("g"), b"g").await;
+        std::fs::rename(dir.path().join("a"), dir.path().join("a-old")).unwrap();
+        symlink(outside.path(), dir.path().join("a")).unwrap();
+        let before = snapshot(outside.path());
+
+        let af = p("a/f");
+        assert!(not_permitted(store.status(&af).await));
+        assert!(not_permitted(store.list(&p("a")).await));
+        assert!(not_permitted(
+            store.open_range(&af, 0, 6, &inside.fingerprint()).await
+        ));
+        assert!(not_permitted(store.create(&p("a/new")).await));
+        assert!(not_permitted(store.create(&af).await));
+        assert!(not_permitted(store.mkdirs(&p("a/newdir")).await));
+        assert!(not_permitted(store.mkdirs(&p("a/sub/deeper")).await));
+        assert!(not_permitted(store.delete(&af, false).await));
+        assert!(not_permitted(store.delete(&p("a/sub"), true).await));
+        assert!(not_permitted(store.rename(&af, &p("h")).await));
+        assert!(not_permitted(store.rename(&p("g"), &p("a/g")).await));
+        assert!(store.status(&p("g")).await.unwrap().is_some());
+        assert_eq!(snapshot(outside.path()), before);
+    }
+
+    #[test]
+    fn racing_symlink_swaps_never_escape() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x"), b"secret").unwrap();
+        std::fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/x"), b"inside-content").unwrap();
+        symlink(outside.path(), dir.path().join("swap")).unwrap();
+        let before = snapshot(outside.path());
+        let store = store_at(dir.path());
+
+        // `a` and `swap` trade places atomically, so `a` is always there: one moment
+        // the real directory, the next a symlink to the outside folder.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let stop = stop.clone();
+            let root = std::fs::File::open(dir.path()).unwrap();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut flips = 0u64;
+                while !stop.load(Ordering::Relaxed)
+                    && flips < 2_000_000
+                    && started.elapsed() < Duration::from_secs(5)
+                {
+                    let exchanged = sys::renameat2(
+                        root.as_fd(),
+                        c"a",
+                        root.as_fd(),
+                        c"swap",
+                        libc::RENAME_EXCHANGE,
+                    );
+                    // Fails only once the test is over and its folder gone.
+                    if exchanged.is_err() {
+                        break;
+                    }
+                    flips += 1;
+                }
+                flips
+            })
+        };
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ok, refused) = rt.block_on(async {
+            let (mut ok, mut refused) = (0u32, 0u32);
+            let x = p("a/x");
+            let victim = p("a/victim");
+            let expect = UfsFingerprint {
+                length: 14,
+                version: String::new(),
+            };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                match store.status(&x).await {
+                    Ok(Some(st)) => assert_eq!(st.length, 14),
+                    Ok(None) => panic!("a/x is always there"),
+                    Err(e) => assert!(matches!(e, Error::NotPermitted { .. }), "{e}"),
+                }
+                match store.open_range(&x, 0, 64, &expect).await {
+                    Ok(mut r) => {
+                        let mut v = Vec::new();
+                        r.read_to_end(&mut v).await.unwrap();
+                        assert_eq!(v, b"inside-content");
+                        ok += 1;
+                    }
+                    Err(Error::NotPermitted { .. }) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+                if let Ok(mut w) = store.create(&victim).await {
+                    w.write(Bytes::from_static(b"overwritten")).await.unwrap();
+                    // Completion renames within the directory checked at create.
+                    w.complete().await.unwrap();
+                }
+                let _ = store.delete(&victim, false).await;
+                let _ = store.mkdirs(&p("a/made")).await;
+                let _ = store.delete(&p("a/made"), true).await;
+            }
+            (ok, refused)
+        });
+        stop.store(true, Ordering::Relaxed);
+        let flips = flipper.join().unwrap();
+        assert_eq!(snapshot(outside.path()), before);
+        assert!(flips > 100, "only {flips} flips");
+        // Both sides of the race were seen, so the test exercised it.
+        assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+    }
+
+    #[tokio::test]
+    async fn rename_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        write_file(&store, &p("src"), b"source").await;
+        write_file(&store, &p("d/dst"), b"destination").await;
+        assert!(matches!(
+            store.rename(&p("src"), &p("d/dst")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            store.rename(&p("src"), &p("d")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert_eq!(read_all(&store, &p("src"), 0, 64).await, b"source");
+        assert_eq!(read_all(&store, &p("d/dst"), 0, 64).await, b"destination");
+        assert!(matches!(
+            store.rename(&p("missing"), &p("new")).await,
+            Err(Error::NotFound { .. })
+        ));
+        store.rename(&p("src"), &p("e/moved")).await.unwrap();
+        assert_eq!(read_all(&store, &p("e/moved"), 0, 64).await, b"source");
+    }
+
+    #[tokio::test]
+    async fn symlinks_inside_the_root_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        write_file(&store, &p("real/file"), b"content").await;
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        // Climbs with `..` but stays inside.
+        symlink("../real/file", dir.path().join("sub/link")).unwrap();
+        symlink("real", dir.path().join("dirlink")).unwrap();
+        symlink("nowhere", dir.path().join("dangling")).unwrap();
+        let listed = store.list(&p("sub")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].name, "link");
+        assert_eq!(listed[0].length, 7);
+        assert_eq!(read_all(&store, &p("sub/link"), 0, 64).await, b"content");
+        let names: Vec<_> = store
+            .list(&UfsPath::root())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.is_dir))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("dirlink".to_string(), true),
+                ("real".to_string(), true),
+                ("sub".to_string(), true)
+            ]
+        );
+        assert_eq!(read_all(&store, &p("dirlink/file"), 0, 3).await, b"con");
+        write_file(&store, &p("dirlink/new"), b"n").await;
+        assert!(dir.path().join("real/new").is_file());
+    }
+
+    #[tokio::test]
+    async fn recursive_delete_removes_links_not_their_targets() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"keep").unwrap();
+        std::fs::create_dir(outside.path().join("sub")).unwrap();
+        std::fs::write(outside.path().join("sub/keep2"), b"keep2").unwrap();
+        let before = snapshot(outside.path());
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        write_file(&store, &p("d/inner/f"), b"f").await;
+        symlink(outside.path(), dir.path().join("d/out")).unwrap();
+        symlink(outside.path(), dir.path().join("d/inner/out2")).unwrap();
+        symlink(outside.path().join("keep"), dir.path().join("d/filelink")).unwrap();
+        store.delete(&p("d"), true).await.unwrap();
+        assert!(!dir.path().join("d").exists());
+        assert_eq!(snapshot(outside.path()), before);
+        // A link to a directory, deleted by its own name, goes as a link.
+        symlink(outside.path(), dir.path().join("top")).unwrap();
+        store.delete(&p("top"), true).await.unwrap();
+        assert!(std::fs::symlink_metadata(dir.path().join("top")).is_err());
+        assert_eq!(snapshot(outside.path()), before);
     }
 }

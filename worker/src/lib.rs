@@ -21,6 +21,7 @@ use strata_common::proto::{
     self, block_master_client::BlockMasterClient, worker_service_server::WorkerServiceServer,
     MAX_MESSAGE_BYTES,
 };
+use strata_common::types::UfsFingerprint;
 use strata_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -44,21 +45,28 @@ impl MasterLink {
         })
     }
 
-    /// Tells the master a block is now here. Failure is logged, not fatal: the next
-    /// heartbeat carries the block again.
-    pub async fn commit_block(&self, block: BlockId, length: u64) {
+    /// Tells the master a block is now here. `source` is set for a block read
+    /// through from the under-store: the file it was read from, which the master
+    /// checks is still the file's recorded copy. Before registration this does
+    /// nothing (registration reports the block).
+    pub async fn commit_block(
+        &self,
+        block: BlockId,
+        length: u64,
+        source: Option<&UfsFingerprint>,
+    ) -> Result<()> {
         let worker_id = self.worker_id.load(Ordering::Acquire);
         if worker_id == 0 {
-            return; // not registered yet: registration will report it
+            return Ok(());
         }
         let req = proto::CommitBlockRequest {
             worker_id,
             block_id: block.0,
             length,
+            ufs_fingerprint: source.cloned().map(Into::into),
         };
-        if let Err(status) = self.client.clone().commit_block(req).await {
-            tracing::warn!(block = %block, "commit to master failed: {}", Error::from(status));
-        }
+        self.client.clone().commit_block(req).await?;
+        Ok(())
     }
 }
 
@@ -212,7 +220,7 @@ pub async fn start(deps: WorkerDeps) -> Result<WorkerHandle> {
             .initial_connection_window_size(proto::CONNECTION_WINDOW_BYTES)
             .add_service(grpc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                strata_common::proto::incoming(listener),
                 shutdown.cancelled_owned(),
             )
             .await
@@ -236,25 +244,60 @@ struct HeartbeatDeps {
     interval: Duration,
 }
 
+fn block_reports(blocks: Vec<(BlockId, u64)>) -> Vec<proto::BlockReport> {
+    blocks
+        .into_iter()
+        .map(|(b, length)| proto::BlockReport {
+            block_id: b.0,
+            length,
+        })
+        .collect()
+}
+
+/// Registers with a full block report. If the master belongs to another cluster
+/// than the storage (it was formatted since, or the storage is new), the storage is
+/// emptied and adopted, and the worker registers again with nothing.
 async fn register(d: &HeartbeatDeps) -> Result<u64> {
-    let (blocks, used) = d.store.full_report();
-    let req = proto::RegisterWorkerRequest {
-        host: d.host.clone(),
-        rpc_address: d.advertised.clone(),
-        capacity_bytes: d.store.capacity(),
-        used_bytes: used,
-        blocks: blocks.into_iter().map(|b| b.0).collect(),
-    };
-    let id = d
-        .master
-        .client
-        .clone()
-        .register_worker(req)
-        .await?
-        .into_inner()
-        .worker_id;
-    d.master.worker_id.store(id, Ordering::Release);
-    Ok(id)
+    // Twice at most: once as the storage is, once more after adopting the cluster.
+    for _ in 0..2 {
+        let (blocks, used) = d.store.full_report();
+        let storage_cluster = d.store.cluster_id().unwrap_or_default();
+        let req = proto::RegisterWorkerRequest {
+            host: d.host.clone(),
+            rpc_address: d.advertised.clone(),
+            capacity_bytes: d.store.capacity(),
+            used_bytes: used,
+            blocks: block_reports(blocks),
+            cluster_id: storage_cluster.clone(),
+        };
+        let resp = d
+            .master
+            .client
+            .clone()
+            .register_worker(req)
+            .await?
+            .into_inner();
+        if resp.cluster_id.is_empty() {
+            return Err(Error::internal(
+                "master answered registration without a cluster id",
+            ));
+        }
+        if resp.cluster_id != storage_cluster || resp.worker_id == 0 {
+            let dropped = d.store.adopt_cluster(&resp.cluster_id)?;
+            tracing::warn!(
+                cluster = %resp.cluster_id,
+                previous = %storage_cluster,
+                dropped,
+                "storage belonged to another cluster: emptied and adopted"
+            );
+            continue;
+        }
+        d.master.worker_id.store(resp.worker_id, Ordering::Release);
+        return Ok(resp.worker_id);
+    }
+    Err(Error::unavailable(
+        "the master's cluster id changed during registration",
+    ))
 }
 
 async fn heartbeat_once(d: &HeartbeatDeps) -> Result<()> {
@@ -268,7 +311,7 @@ async fn heartbeat_once(d: &HeartbeatDeps) -> Result<()> {
     let req = proto::WorkerHeartbeatRequest {
         worker_id,
         used_bytes: d.store.used(),
-        added_blocks: added.iter().map(|b| b.0).collect(),
+        added: block_reports(added.clone()),
         removed_blocks: removed.iter().map(|b| b.0).collect(),
     };
     let resp = match d.master.client.clone().worker_heartbeat(req).await {

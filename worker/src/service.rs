@@ -15,9 +15,11 @@ use futures::Stream;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
-use strata_common::ids::BlockId;
+use strata_common::ids::{BlockId, MAX_BLOCKS_PER_FILE};
 use strata_common::proto::{self, worker_service_server::WorkerService, DATA_CHUNK_BYTES};
-use strata_common::types::{ReadBlock, ReadType, UfsBlockSource, WriteFileHeader, WriteType};
+use strata_common::types::{
+    ReadBlock, ReadType, UfsBlockSource, UfsFingerprint, WriteFileHeader, WriteType,
+};
 use strata_common::{Error, Result};
 use strata_ufs::{StoreCache, UfsPath, UfsReader, UfsWriter};
 use tokio::io::AsyncReadExt;
@@ -62,9 +64,11 @@ async fn stream_file(
             Ok(Ok(buf)) => buf,
             Ok(Err(e)) => {
                 let _ = tx
-                    .send(Err(
-                        Error::internal(format!("reading block file: {e}")).into()
-                    ))
+                    .send(Err(Error::StorageIo {
+                        what: "block file".into(),
+                        reason: e.to_string(),
+                    }
+                    .into()))
                     .await;
                 return;
             }
@@ -89,19 +93,50 @@ async fn read_chunk(reader: &mut UfsReader, path: &str) -> Result<Bytes> {
         match reader.read_buf(&mut buf).await {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => {
-                return Err(Error::UnderStore {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                    temporary: true,
-                })
-            }
+            Err(e) => return Err(ufs_read_error(path, e)),
         }
     }
     Ok(buf.freeze())
 }
 
+/// An under-store read failure: temporary only when the cause is (a timeout, a
+/// reset connection, an interrupted call), so the client does not retry a file
+/// that is gone or unreadable.
+fn ufs_read_error(path: &str, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as K;
+    let temporary = matches!(
+        e.kind(),
+        K::TimedOut
+            | K::Interrupted
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe
+            | K::UnexpectedEof
+    );
+    Error::UnderStore {
+        path: path.to_string(),
+        reason: e.to_string(),
+        temporary,
+    }
+}
+
 impl DataService {
+    /// Refuses a request for another cluster's blocks: block ids of one cluster name
+    /// other files in another (after a format), so storage serves and takes blocks
+    /// only for the cluster that adopted it at registration.
+    fn check_cluster(&self, requested: &str) -> Result<()> {
+        match self.store.cluster_id() {
+            Some(mine) if mine == requested => Ok(()),
+            Some(mine) => Err(Error::unavailable(format!(
+                "this worker's storage belongs to cluster {mine}, not {requested}"
+            ))),
+            None => Err(Error::unavailable(
+                "this worker has not registered with a master yet",
+            )),
+        }
+    }
+
     /// Reads the whole block from the under-store, caching it, and sends the
     /// requested range to the client as it passes.
     async fn read_through(
@@ -126,17 +161,31 @@ impl DataService {
                 // The client has its bytes: end its stream before talking to the master.
                 drop(tx);
                 if let Some(t) = temp {
-                    match self.store.commit(req.block_id, t, false) {
-                        Ok(len) => self.master.commit_block(req.block_id, len).await,
-                        Err(e) => {
-                            tracing::warn!(block = %req.block_id, "caching read-through block failed: {e}")
-                        }
-                    }
+                    self.keep_read_through(req.block_id, t, &src.fingerprint)
+                        .await;
                 }
             }
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
             }
+        }
+    }
+
+    /// Caches a block read through from the under-store, and keeps it only if the
+    /// master accepts it: the file it came from must still be the file's recorded
+    /// copy. A block the master did not confirm is dropped, so storage never holds
+    /// bytes the namespace does not vouch for.
+    async fn keep_read_through(&self, id: BlockId, temp: TempBlock, source: &UfsFingerprint) {
+        let len = match self.store.commit(id, temp, false) {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::warn!(block = %id, "caching read-through block failed: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.master.commit_block(id, len, Some(source)).await {
+            tracing::info!(block = %id, "read-through block not kept: {e}");
+            self.store.remove(id);
         }
     }
 
@@ -157,7 +206,9 @@ impl DataService {
         } else {
             (req.offset, req.length)
         };
-        let mut reader = ufs.open_range(&path, src.block_start + start, len).await?;
+        let mut reader = ufs
+            .open_range(&path, src.block_start + start, len, &src.fingerprint)
+            .await?;
         let from_ufs = self.metrics.counter(BYTES_READ_UFS);
         let mut pos = start;
         let mut client_alive = true;
@@ -211,6 +262,11 @@ impl DataService {
                 ))
             }
         };
+        self.check_cluster(&header.cluster_id)?;
+        // Storage holds a MUST_CACHE file's only copy: evicting its first blocks to
+        // make room for its last would lose it. Better a clear "no space" error.
+        let _pin = (header.write_type == WriteType::MustCache)
+            .then(|| self.store.pin_file(header.file_id));
         let mut ufs_writer: Option<Box<dyn UfsWriter>> = match &header.ufs {
             Some(loc) if header.write_type.persists() => {
                 let ufs = self.ufs.get(&loc.mount_uri)?;
@@ -218,39 +274,60 @@ impl DataService {
             }
             _ => None,
         };
-        let result = self
-            .write_blocks(&header, &mut stream, &mut ufs_writer)
+        let received = self
+            .receive_blocks(&header, &mut stream, &mut ufs_writer)
             .await;
-        match (result, ufs_writer) {
-            (Ok(resp), Some(w)) => {
-                w.complete().await?;
-                Ok(resp)
-            }
-            (Ok(resp), None) => Ok(resp),
-            (Err(e), Some(w)) => {
-                if let Err(abort) = w.abort().await {
-                    tracing::warn!("aborting under-store write: {abort}");
+        let (length, pending) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(w) = ufs_writer {
+                    if let Err(abort) = w.abort().await {
+                        tracing::warn!("aborting under-store write: {abort}");
+                    }
                 }
-                Err(e)
+                return Err(e);
             }
-            (Err(e), None) => Err(e),
+        };
+        // The stream ended with its end message: only now does anything become
+        // visible, the under-store copy first, then the cached blocks.
+        let ufs_fingerprint = match ufs_writer {
+            Some(w) => Some(w.complete().await?.fingerprint()),
+            None => None,
+        };
+        let mut cached = Vec::with_capacity(pending.len());
+        for (index, temp) in pending {
+            let id = BlockId::new(header.file_id, index)?;
+            let len = self.store.commit(id, temp, header.sync)?;
+            if let Err(e) = self.master.commit_block(id, len, None).await {
+                // The next heartbeat reports it again.
+                tracing::warn!(block = %id, "commit to master failed: {e}");
+            }
+            cached.push(id.0);
         }
+        Ok(proto::WriteFileResponse {
+            length,
+            cached_blocks: cached,
+            ufs_fingerprint: ufs_fingerprint.map(Into::into),
+        })
     }
 
-    async fn write_blocks(
+    /// Takes the stream's data up to its end message: into the under-store writer
+    /// when the write persists, and into temporary blocks when it caches. Returns
+    /// the byte count and the blocks, none of them visible yet.
+    async fn receive_blocks(
         &self,
         h: &WriteFileHeader,
         stream: &mut Streaming<proto::WriteFileRequest>,
         ufs_writer: &mut Option<Box<dyn UfsWriter>>,
-    ) -> Result<proto::WriteFileResponse> {
+    ) -> Result<(u64, Vec<(u64, TempBlock)>)> {
         let mut index = 0u64;
         let mut cur: Option<TempBlock> = None;
+        let mut pending: std::collections::VecDeque<(u64, TempBlock)> = Default::default();
+        // A persisted write caches what fits: when the tier is full, its oldest
+        // pending blocks give way (the under-store has them), then caching stops.
+        let mut caching = h.write_type.caches();
         let mut total = 0u64;
-        let mut cached = Vec::new();
         let to_cache = self.metrics.counter(BYTES_WRITTEN_CACHE);
-        // Storage holds a MUST_CACHE file's only copy: evicting its first blocks to
-        // make room for its last would lose it. Better a clear "no space" error.
-        let _pin = (h.write_type == WriteType::MustCache).then(|| self.store.pin_file(h.file_id));
         let to_ufs = self.metrics.counter(BYTES_WRITTEN_UFS);
         let mut ended = false;
         while let Some(msg) = stream.message().await.map_err(Error::from)? {
@@ -273,29 +350,39 @@ impl DataService {
                     ))
                 }
             };
-            total += data.len() as u64;
+            let mut pos = total;
+            total = total
+                .checked_add(data.len() as u64)
+                .ok_or_else(|| Error::invalid_argument("data", "file too long"))?;
             if let Some(w) = ufs_writer.as_mut() {
                 w.write(data.clone()).await?;
                 to_ufs.add(data.len() as u64);
             }
-            if !h.write_type.caches() {
-                continue;
-            }
             let mut rest = &data[..];
             while !rest.is_empty() {
-                let t = match cur.as_mut() {
-                    Some(t) => t,
-                    None => cur.insert(self.store.begin(h.block_size)?),
-                };
-                let n = ((h.block_size - t.written()) as usize).min(rest.len());
-                t.write(&rest[..n])?;
-                to_cache.add(n as u64);
+                let offset = pos % h.block_size;
+                let n = (h.block_size - offset).min(rest.len() as u64) as usize;
+                if caching && cur.is_none() && offset == 0 {
+                    cur = self.begin_block(h, &mut pending)?;
+                    caching = cur.is_some();
+                }
+                if let Some(t) = cur.as_mut() {
+                    t.write(&rest[..n])?;
+                    to_cache.add(n as u64);
+                }
                 rest = &rest[n..];
-                if t.written() == h.block_size {
+                pos += n as u64;
+                if pos % h.block_size == 0 {
                     if let Some(full) = cur.take() {
-                        cached.push(self.commit(h, index, full).await?);
+                        pending.push_back((index, full));
                     }
                     index += 1;
+                    if index > MAX_BLOCKS_PER_FILE {
+                        return Err(Error::invalid_argument(
+                            "data",
+                            format!("a file may hold at most {MAX_BLOCKS_PER_FILE} blocks"),
+                        ));
+                    }
                 }
             }
         }
@@ -306,20 +393,32 @@ impl DataService {
         }
         if let Some(t) = cur.take() {
             if t.written() > 0 {
-                cached.push(self.commit(h, index, t).await?);
+                pending.push_back((index, t));
             }
         }
-        Ok(proto::WriteFileResponse {
-            length: total,
-            cached_blocks: cached,
-        })
+        Ok((total, pending.into_iter().collect()))
     }
 
-    async fn commit(&self, h: &WriteFileHeader, index: u64, t: TempBlock) -> Result<u64> {
-        let id = BlockId::new(h.file_id, index)?;
-        let len = self.store.commit(id, t, h.sync)?;
-        self.master.commit_block(id, len).await;
-        Ok(id.0)
+    /// Starts the next cached block of a write; `None` when a persisted write gives
+    /// up caching because the tier has no room even after dropping its own pending
+    /// blocks.
+    fn begin_block(
+        &self,
+        h: &WriteFileHeader,
+        pending: &mut std::collections::VecDeque<(u64, TempBlock)>,
+    ) -> Result<Option<TempBlock>> {
+        loop {
+            match self.store.begin(h.block_size) {
+                Ok(t) => return Ok(Some(t)),
+                Err(Error::NoSpace { .. }) if h.write_type.persists() => {
+                    if pending.pop_front().is_none() {
+                        tracing::debug!(file = %h.file_id, "tier full: rest of the file not cached");
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -334,10 +433,21 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<proto::ReadBlockRequest>,
     ) -> std::result::Result<Response<Self::ReadBlockStream>, Status> {
-        let req = ReadBlock::try_from(req.into_inner())?;
         let svc = self.0.clone();
+        let req = ReadBlock::try_from(req.into_inner())?;
+        svc.check_cluster(&req.cluster_id)?;
         let (tx, rx) = mpsc::channel(4);
-        if let Some((file, len)) = svc.store.open_block(req.block_id) {
+        let mut cached = svc.store.open_block(req.block_id);
+        if let (Some((_, len)), Some(src)) = (&cached, &req.source) {
+            if *len != src.block_length {
+                // Not the block the file's record describes: never serve it.
+                tracing::warn!(block = %req.block_id, cached = len, expected = src.block_length,
+                    "cached block has the wrong length; dropping it");
+                svc.store.remove(req.block_id);
+                cached = None;
+            }
+        }
+        if let Some((file, len)) = cached {
             if req.offset.saturating_add(req.length) > len {
                 return Err(Error::invalid_argument(
                     "length",

@@ -9,6 +9,9 @@
 //! - An evicted block is unlinked; a reader that already opened it keeps reading from
 //!   its descriptor, so eviction never breaks a read in flight.
 //! - Added and removed blocks are remembered until the next heartbeat takes them.
+//! - The folder belongs to one cluster, named in its `.cluster_id` file: blocks are
+//!   only ever kept under the id of the cluster whose master accepted them, and
+//!   storage adopted by another cluster (the master was formatted) is emptied first.
 
 use crate::metrics::{WorkerMetrics, BLOCKS_CACHED, BLOCKS_EVICTED, BLOCKS_REMOVED};
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use strata_common::ids::{BlockId, FileId};
 use strata_common::{Error, Result};
+
+/// Names the cluster the folder's blocks belong to.
+const CLUSTER_ID_FILE: &str = ".cluster_id";
 
 struct Entry {
     length: u64,
@@ -70,6 +76,23 @@ impl State {
     }
 }
 
+/// The error for a failed write to a block file: out of space is [`Error::NoSpace`]
+/// (the caller frees room or gives up), anything else [`Error::StorageIo`] (the
+/// tier's disk is failing; another worker may do).
+fn write_error(what: &Path, e: std::io::Error) -> Error {
+    let what = what.display().to_string();
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::NoSpace {
+            what,
+            reason: e.to_string(),
+        },
+        _ => Error::StorageIo {
+            what,
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// Room set aside for a block being written; given back when dropped.
 pub struct Reservation {
     store: Arc<BlockStore>,
@@ -106,21 +129,26 @@ pub struct TempBlock {
     path: PathBuf,
     file: Option<File>,
     written: u64,
-    _reservation: Reservation,
+    reservation: Reservation,
 }
 
 impl TempBlock {
     /// Appends bytes.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         use std::io::Write;
+        if data.len() as u64 > self.reservation.bytes - self.written {
+            return Err(Error::internal(format!(
+                "block write of {} bytes past its reservation of {}",
+                data.len(),
+                self.reservation.bytes
+            )));
+        }
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| Error::internal("write to a committed block"))?;
-        file.write_all(data).map_err(|e| Error::NoSpace {
-            what: self.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        file.write_all(data)
+            .map_err(|e| write_error(&self.path, e))?;
         self.written += data.len() as u64;
         Ok(())
     }
@@ -141,6 +169,7 @@ impl Drop for TempBlock {
 
 /// A block directory with a quota.
 pub struct BlockStore {
+    cluster_id: Mutex<Option<String>>,
     dir: PathBuf,
     tmp_dir: PathBuf,
     quota: u64,
@@ -174,7 +203,13 @@ impl BlockStore {
         }
         // Oldest first, so recency survives a restart roughly.
         found.sort();
+        let cluster_id = match std::fs::read_to_string(dir.join(CLUSTER_ID_FILE)) {
+            Ok(id) => Some(id.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
         let store = Arc::new(BlockStore {
+            cluster_id: Mutex::new(cluster_id),
             dir: dir.to_path_buf(),
             tmp_dir,
             quota,
@@ -201,6 +236,45 @@ impl BlockStore {
         self.dir.join(id.0.to_string())
     }
 
+    /// The cluster this storage belongs to; `None` for storage no master has
+    /// claimed yet.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes this storage `cluster`'s: if it belonged to another (or to none), every
+    /// block is dropped first, since block ids of another cluster's files may name
+    /// different files here. Returns how many blocks were dropped.
+    pub fn adopt_cluster(&self, cluster: &str) -> Result<usize> {
+        let mut current = self.cluster_id.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() == Some(cluster) {
+            return Ok(0);
+        }
+        let mut st = self.lock();
+        let ids: Vec<BlockId> = st.blocks.keys().copied().collect();
+        for id in &ids {
+            st.forget(*id);
+            if let Err(e) = std::fs::remove_file(self.block_path(*id)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(write_error(&self.block_path(*id), e));
+                }
+            }
+        }
+        // The master never linked them: nothing to report.
+        st.changes.clear();
+        drop(st);
+        let path = self.dir.join(CLUSTER_ID_FILE);
+        let temp = self.tmp_dir.join(CLUSTER_ID_FILE);
+        std::fs::write(&temp, cluster)
+            .and_then(|_| std::fs::rename(&temp, &path))
+            .map_err(|e| write_error(&path, e))?;
+        *current = Some(cluster.to_string());
+        Ok(ids.len())
+    }
+
     /// Folder of the tier.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -218,7 +292,14 @@ impl BlockStore {
 
     /// Evicts least recently used blocks until `needed` more bytes fit.
     fn evict_until(&self, st: &mut State, needed: u64) -> Result<()> {
-        while st.used + st.reserved + needed > self.quota {
+        if needed > self.quota {
+            return Err(Error::NoSpace {
+                what: "MEM tier".into(),
+                reason: format!("{needed} bytes exceed the tier's quota of {}", self.quota),
+            });
+        }
+        // `used + reserved <= quota` holds, so neither sum below can overflow.
+        while st.used + st.reserved > self.quota - needed {
             let candidate = st
                 .lru
                 .iter()
@@ -271,15 +352,12 @@ impl BlockStore {
         let path = self
             .tmp_dir
             .join(format!("{}", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
-        let file = File::create(&path).map_err(|e| Error::NoSpace {
-            what: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let file = File::create(&path).map_err(|e| write_error(&path, e))?;
         Ok(TempBlock {
             path,
             file: Some(file),
             written: 0,
-            _reservation: reservation,
+            reservation,
         })
     }
 
@@ -289,7 +367,7 @@ impl BlockStore {
             .file
             .take()
             .ok_or_else(|| Error::internal("block committed twice"))?;
-        let fail = |e: std::io::Error| Error::internal(format!("committing block {id}: {e}"));
+        let fail = |e: std::io::Error| write_error(&self.block_path(id), e);
         if sync {
             if let Err(e) = file.sync_all() {
                 let _ = std::fs::remove_file(&temp.path);
@@ -345,15 +423,15 @@ impl BlockStore {
         }
     }
 
-    /// Blocks added and removed since the last call.
-    pub fn take_deltas(&self) -> (Vec<BlockId>, Vec<BlockId>) {
-        let changes = std::mem::take(&mut self.lock().changes);
+    /// Blocks added (with their lengths) and removed since the last call.
+    pub fn take_deltas(&self) -> (Vec<(BlockId, u64)>, Vec<BlockId>) {
+        let mut st = self.lock();
+        let changes = std::mem::take(&mut st.changes);
         let (mut added, mut removed) = (Vec::new(), Vec::new());
         for (id, present) in changes {
-            if present {
-                added.push(id);
-            } else {
-                removed.push(id);
+            match st.blocks.get(&id) {
+                Some(e) if present => added.push((id, e.length)),
+                _ => removed.push(id),
             }
         }
         (added, removed)
@@ -361,9 +439,9 @@ impl BlockStore {
 
     /// Puts back deltas a failed heartbeat could not deliver, unless the block
     /// changed again since.
-    pub fn restore_deltas(&self, added: Vec<BlockId>, removed: Vec<BlockId>) {
+    pub fn restore_deltas(&self, added: Vec<(BlockId, u64)>, removed: Vec<BlockId>) {
         let mut st = self.lock();
-        for id in added {
+        for (id, _) in added {
             st.changes.entry(id).or_insert(true);
         }
         for id in removed {
@@ -371,11 +449,15 @@ impl BlockStore {
         }
     }
 
-    /// Every block held, clearing the deltas (a full report supersedes them).
-    pub fn full_report(&self) -> (Vec<BlockId>, u64) {
+    /// Every block held with its length, clearing the deltas (a full report
+    /// supersedes them).
+    pub fn full_report(&self) -> (Vec<(BlockId, u64)>, u64) {
         let mut st = self.lock();
         st.changes.clear();
-        (st.blocks.keys().copied().collect(), st.used)
+        (
+            st.blocks.iter().map(|(id, e)| (*id, e.length)).collect(),
+            st.used,
+        )
     }
 }
 
@@ -412,7 +494,7 @@ mod tests {
         // Only the last change of each block counts: 1, 2, 3 came and went.
         assert_eq!(added.len(), 2);
         assert_eq!(removed.len(), 3);
-        s.restore_deltas(vec![BlockId(4)], vec![]);
+        s.restore_deltas(vec![(BlockId(4), 100)], vec![]);
         s.remove(BlockId(4));
         let (added, removed) = s.take_deltas();
         assert!(
@@ -476,7 +558,50 @@ mod tests {
         let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
         let (mut blocks, used) = s.full_report();
         blocks.sort();
-        assert_eq!(blocks, vec![BlockId(7), BlockId(8)]);
+        assert_eq!(blocks, vec![(BlockId(7), 10), (BlockId(8), 20)]);
         assert_eq!(used, 30);
+    }
+
+    #[test]
+    fn adopting_another_cluster_empties_the_storage_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = || Arc::new(WorkerMetrics::default());
+        {
+            let s = BlockStore::open(dir.path(), 1000, m()).unwrap();
+            assert_eq!(s.cluster_id(), None);
+            put(&s, 7, 10);
+            // New storage adopted by its first cluster: blocks of unknown origin go.
+            assert_eq!(s.adopt_cluster("c1").unwrap(), 1);
+            put(&s, 8, 20);
+            assert_eq!(s.adopt_cluster("c1").unwrap(), 0, "same cluster: kept");
+        }
+        let s = BlockStore::open(dir.path(), 1000, m()).unwrap();
+        assert_eq!(s.cluster_id().as_deref(), Some("c1"));
+        assert!(s.contains(BlockId(8)));
+        // The cluster was formatted: a new id, and nothing of the old one survives.
+        assert_eq!(s.adopt_cluster("c2").unwrap(), 1);
+        assert!(!s.contains(BlockId(8)));
+        assert_eq!(s.used(), 0);
+        assert!(!dir.path().join("8").exists());
+        let (added, removed) = s.take_deltas();
+        assert!(added.is_empty() && removed.is_empty());
+        let s = BlockStore::open(dir.path(), 1000, m()).unwrap();
+        assert_eq!(s.cluster_id().as_deref(), Some("c2"));
+        assert!(s.full_report().0.is_empty());
+    }
+
+    #[test]
+    fn absurd_sizes_are_no_space_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
+        put(&s, 1, 500);
+        for n in [u64::MAX, u64::MAX - 400, 1001, 1 << 63] {
+            assert!(
+                matches!(s.begin(n), Err(Error::NoSpace { .. })),
+                "{n} bytes must not fit"
+            );
+        }
+        assert!(s.contains(BlockId(1)), "a refused request evicts nothing");
+        assert!(s.begin(500).is_ok());
     }
 }

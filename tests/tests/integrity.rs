@@ -1,0 +1,351 @@
+//! Integrity of the data path against races and hostile input: a block only ever
+//! holds the bytes of the file version that produced it, nothing a writer sends is
+//! visible before its end message, and absurd numbers from the wire are refused
+//! without harming the worker.
+
+use strata_client::{CreateOptions, Error, FileSystem, OpenOptions, ReadType, WriteType};
+use strata_common::proto::{
+    self, file_system_master_client::FileSystemMasterClient,
+    worker_service_client::WorkerServiceClient, write_file_request::Msg,
+};
+use strata_tests::{pattern, ClusterOptions, MiniCluster};
+use strata_worker::metrics::{BLOCKS_CACHED, BYTES_WRITTEN_CACHE};
+use tokio::io::AsyncReadExt;
+
+const BS: u64 = 64 * 1024;
+
+async fn read_all(fs: &FileSystem, path: &str) -> Vec<u8> {
+    let mut r = fs.open(path, OpenOptions::default()).await.unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+fn worker_client(c: &MiniCluster, i: usize) -> WorkerServiceClient<tonic::transport::Channel> {
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.workers[i].handle.addr))
+            .unwrap()
+            .connect_lazy();
+    WorkerServiceClient::new(ch)
+}
+
+/// The cluster's id, as a client learns it from the master.
+async fn cluster_id(c: &MiniCluster) -> String {
+    let mut w =
+        c.fs.create("/.probe", CreateOptions::default())
+            .await
+            .unwrap();
+    w.write(b"x").await.unwrap();
+    w.close().await.unwrap();
+    let id = c.fs.file_blocks("/.probe").await.unwrap().cluster_id;
+    c.fs.delete("/.probe", false).await.unwrap();
+    id
+}
+
+fn master_client(c: &MiniCluster) -> FileSystemMasterClient<tonic::transport::Channel> {
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.config.master_addresses[0]))
+            .unwrap()
+            .connect_lazy();
+    FileSystemMasterClient::new(ch)
+}
+
+/// `/a` is looked up (cold), then renamed to `/b`, and a new `/a` of the same length
+/// appears in the under-store before the first byte is read. The read-through must
+/// not cache the new file's bytes as the old file's block: the old reader is refused,
+/// `/b` reads its own bytes, and so does the new `/a`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_swapped_in_under_a_cold_reader_is_not_cached_as_the_old_one() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let ufs = c.underfs();
+    let old = pattern((BS + 100) as usize, 1);
+    let new = pattern((BS + 100) as usize, 2);
+    std::fs::write(ufs.join("a"), &old).unwrap();
+    // Opening looks the file up and takes its block list; no byte is read yet.
+    let mut reader = c.fs.open("/a", OpenOptions::default()).await.unwrap();
+    assert_eq!(reader.info().cached_percent, 0);
+    c.fs.rename("/a", "/b").await.unwrap();
+    std::fs::write(ufs.join("a"), &new).unwrap();
+
+    let mut got = Vec::new();
+    match reader.read_to_end(&mut got).await {
+        Err(e) => {
+            let inner = e.get_ref().and_then(|e| e.downcast_ref::<Error>()).cloned();
+            assert!(
+                matches!(inner, Some(Error::UfsChanged { .. })),
+                "expected UfsChanged, got {e:?}"
+            );
+        }
+        Ok(_) => panic!("the old reader read the swapped-in file's bytes"),
+    }
+    assert_eq!(read_all(&c.fs, "/b").await, old, "/b keeps its own bytes");
+    assert_eq!(read_all(&c.fs, "/a").await, new);
+    // Now cached: a second read of each is still its own.
+    assert_eq!(read_all(&c.fs, "/b").await, old);
+    assert_eq!(read_all(&c.fs, "/a").await, new);
+
+    // A file changed in place outside Strata (same length) is refused the same way.
+    std::fs::write(ufs.join("c"), &old).unwrap();
+    let mut reader =
+        c.fs.open(
+            "/c",
+            OpenOptions {
+                read_type: Some(ReadType::NoCache),
+            },
+        )
+        .await
+        .unwrap();
+    let before = std::fs::metadata(ufs.join("c"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::write(ufs.join("c"), &new).unwrap();
+    // Same inode, same length: only the modification time tells. Set it apart
+    // explicitly, so the test does not depend on the clock's granularity.
+    std::fs::File::options()
+        .write(true)
+        .open(ufs.join("c"))
+        .unwrap()
+        .set_modified(before + std::time::Duration::from_secs(1))
+        .unwrap();
+    let mut got = Vec::new();
+    assert!(reader.read_to_end(&mut got).await.is_err());
+    c.stop().await;
+}
+
+/// A writer that sends whole blocks and then goes away without its end message
+/// leaves nothing in the worker's storage and nothing the master would list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_cut_off_mid_stream_publishes_no_block() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let w =
+        c.fs.create(
+            "/cut",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let file_id = w.info().id.0;
+    let cluster_id = cluster_id(&c).await;
+    let written0 = c.worker_counter(BYTES_WRITTEN_CACHE).await;
+    let cached0 = c.worker_counter(BLOCKS_CACHED).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut client = worker_client(&c, 0);
+    let call = tokio::spawn(async move {
+        client
+            .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(proto::WriteFileRequest {
+        msg: Some(Msg::Header(proto::WriteFileHeader {
+            file_id,
+            block_size: BS,
+            write_type: proto::WriteType::MustCache as i32,
+            ufs: None,
+            sync: false,
+            cluster_id,
+        })),
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        tx.send(proto::WriteFileRequest {
+            msg: Some(Msg::Data(pattern(BS as usize, i).into())),
+        })
+        .await
+        .unwrap();
+    }
+    // Wait until the worker has taken all three blocks, then vanish.
+    let mut written = 0;
+    for _ in 0..200 {
+        written = c.worker_counter(BYTES_WRITTEN_CACHE).await - written0;
+        if written >= 3 * BS {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(written, 3 * BS);
+    assert_eq!(
+        c.worker_counter(BLOCKS_CACHED).await,
+        cached0,
+        "nothing is published before the end message"
+    );
+    drop(tx);
+    let answer = call.await.unwrap();
+    assert!(answer.is_err(), "a stream without its end is aborted");
+    assert_eq!(c.worker_counter(BLOCKS_CACHED).await, cached0);
+    assert!(!c.fs.get_status("/cut").await.unwrap().complete);
+    let known: u64 =
+        c.fs.workers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.block_count)
+            .sum();
+    assert_eq!(known, 0, "the master knows no block of the cut-off file");
+    drop(w);
+    c.stop().await;
+}
+
+/// Completing a file twice (a client retrying after a lost answer) answers the same
+/// status; completing it with another length is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completing_a_file_is_idempotent() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut w =
+        c.fs.create(
+            "/twice",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(b"abc").await.unwrap();
+    let id = w.info().id.0;
+    let info = w.close().await.unwrap();
+    let again = master_client(&c)
+        .complete_file(proto::CompleteFileRequest {
+            file_id: id,
+            length: 3,
+            persisted: false,
+            ufs_fingerprint: None,
+        })
+        .await
+        .expect("completing again is a no-op")
+        .into_inner();
+    assert_eq!(again.info.unwrap().length, info.length);
+    let other = master_client(&c)
+        .complete_file(proto::CompleteFileRequest {
+            file_id: id,
+            length: 4,
+            persisted: false,
+            ufs_fingerprint: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(Error::from(other), Error::NotPermitted { .. }));
+    assert_eq!(read_all(&c.fs, "/twice").await, b"abc");
+    c.stop().await;
+}
+
+fn is_invalid_argument(r: Result<impl std::fmt::Debug, tonic::Status>) -> bool {
+    match r {
+        Err(status) => matches!(Error::from(status), Error::InvalidArgument { .. }),
+        Ok(v) => panic!("accepted: {v:?}"),
+    }
+}
+
+/// Sizes, offsets and lengths from the wire are bounded before they size anything:
+/// each absurd value is an `InvalidArgument`, and the worker and master keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn absurd_numbers_from_the_wire_are_invalid_arguments() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut master = master_client(&c);
+    for block_size in [0, 1, 4095, u64::MAX, 8 << 30] {
+        let r = master
+            .create_file(proto::CreateFileRequest {
+                path: format!("/bs-{block_size}"),
+                block_size,
+                recursive: false,
+                write_type: proto::WriteType::MustCache as i32,
+            })
+            .await;
+        assert!(is_invalid_argument(r), "block_size {block_size}");
+    }
+
+    let mut worker = worker_client(&c, 0);
+    let cluster_id = cluster_id(&c).await;
+    let source = |block_start: u64, block_length: u64, file_length: u64| proto::UfsBlockSource {
+        location: Some(proto::UfsLocation {
+            mount_uri: format!("file://{}", c.underfs().display()),
+            path: "x".into(),
+        }),
+        block_start,
+        block_length,
+        fingerprint: Some(proto::UfsFingerprint {
+            length: file_length,
+            version: String::new(),
+        }),
+    };
+    let reads = [
+        // A block far larger than any block may be.
+        (0, 1, source(0, u64::MAX, u64::MAX)),
+        // A range whose end overflows.
+        (u64::MAX, 2, source(0, BS, BS)),
+        // A block that ends past the file.
+        (0, 1, source(BS, BS, BS)),
+        // A block start plus length that overflows.
+        (0, 1, source(u64::MAX, 2, u64::MAX)),
+        // Nothing wanted.
+        (0, 0, source(0, BS, BS)),
+    ];
+    for (offset, length, src) in reads {
+        let r = worker
+            .read_block(proto::ReadBlockRequest {
+                block_id: 1 << 24,
+                offset,
+                length,
+                read_type: proto::ReadType::Cache as i32,
+                source: Some(src.clone()),
+                cluster_id: cluster_id.clone(),
+            })
+            .await;
+        assert!(is_invalid_argument(r), "{offset}+{length} of {src:?}");
+    }
+    let mut no_fingerprint = source(0, BS, BS);
+    no_fingerprint.fingerprint = None;
+    let r = worker
+        .read_block(proto::ReadBlockRequest {
+            block_id: 1 << 24,
+            offset: 0,
+            length: 1,
+            read_type: proto::ReadType::Cache as i32,
+            source: Some(no_fingerprint),
+            cluster_id: cluster_id.clone(),
+        })
+        .await;
+    assert!(is_invalid_argument(r));
+    // Another cluster's block: refused, never served from this storage.
+    let r = worker
+        .read_block(proto::ReadBlockRequest {
+            block_id: 1 << 24,
+            offset: 0,
+            length: 1,
+            read_type: proto::ReadType::Cache as i32,
+            source: Some(source(0, BS, BS)),
+            cluster_id: "another".into(),
+        })
+        .await;
+    assert!(matches!(
+        r.map(|_| ()).map_err(Error::from),
+        Err(Error::Unavailable { .. })
+    ));
+
+    for block_size in [0, 1, u64::MAX] {
+        let header = proto::WriteFileRequest {
+            msg: Some(Msg::Header(proto::WriteFileHeader {
+                file_id: 99,
+                block_size,
+                write_type: proto::WriteType::MustCache as i32,
+                ufs: None,
+                sync: false,
+                cluster_id: cluster_id.clone(),
+            })),
+        };
+        let r = worker.write_file(futures::stream::iter(vec![header])).await;
+        assert!(is_invalid_argument(r), "block_size {block_size}");
+    }
+
+    // Everything still works.
+    let data = pattern(3 * BS as usize + 5, 9);
+    let mut w = c.fs.create("/ok", CreateOptions::default()).await.unwrap();
+    w.write(&data).await.unwrap();
+    w.close().await.unwrap();
+    assert_eq!(read_all(&c.fs, "/ok").await, data);
+    c.stop().await;
+}
