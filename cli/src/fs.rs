@@ -409,17 +409,26 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
             path,
             ..
         } => {
-            let entries = if *recursive {
+            if *recursive {
                 let mut all = walk(&fs, path).await?;
                 if all.first().is_some_and(|f| f.is_dir()) {
                     all.remove(0);
                 }
-                all
+                for f in all {
+                    println!("{}", ls_line(&f, *human));
+                }
             } else {
-                fs.list(path).await?
-            };
-            for f in entries {
-                println!("{}", ls_line(&f, *human));
+                // Printed a page at a time: a folder of millions of entries lists
+                // in flat memory, and the first lines show at once.
+                use futures::StreamExt;
+                use std::io::Write;
+                let mut entries = std::pin::pin!(fs.list_stream(path));
+                let stdout = std::io::stdout();
+                let mut lines = std::io::BufWriter::new(stdout.lock());
+                while let Some(f) = entries.next().await {
+                    writeln!(lines, "{}", ls_line(&f?, *human))?;
+                }
+                lines.flush()?;
             }
         }
         FsCommand::Mkdir { paths } => {
@@ -659,7 +668,7 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
                 Some(i) if flags.zero => !i.is_dir() && i.length == 0,
                 Some(i) => {
                     if i.is_dir() {
-                        !fs.list(path).await?.is_empty()
+                        !fs.list_page(path, "", 1).await?.entries.is_empty()
                     } else {
                         i.length > 0
                     }

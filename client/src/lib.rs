@@ -65,6 +65,17 @@ pub struct OpenOptions {
     pub read_type: Option<ReadType>,
 }
 
+/// One page of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// Entries in name order.
+    pub entries: Vec<FileInfo>,
+    /// Whether more entries follow.
+    pub more: bool,
+    /// Where the next page starts: pass it as `start_after`.
+    pub cursor: String,
+}
+
 /// A live worker as the master sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSummary {
@@ -272,17 +283,80 @@ impl FileSystem {
         }
     }
 
-    /// Entries of a directory in name order (a file lists as itself).
+    /// Entries of a directory in name order (a file lists as itself). Holds the
+    /// whole listing in memory: for folders that may be huge, use
+    /// [`FileSystem::list_stream`].
     pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let mut out = Vec::new();
+        let mut pages = std::pin::pin!(self.list_pages(path));
+        while let Some(page) = futures::StreamExt::next(&mut pages).await {
+            out.extend(page?);
+        }
+        Ok(out)
+    }
+
+    /// The entries of a directory in name order, fetched a page at a time as the
+    /// stream is read, so memory stays flat however large the folder.
+    pub fn list_stream(
+        &self,
+        path: &str,
+    ) -> impl futures::Stream<Item = Result<FileInfo>> + Send + '_ {
+        use futures::{StreamExt, TryStreamExt};
+        self.list_pages(path)
+            .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    /// The pages of a listing, each asked for when the one before is consumed.
+    fn list_pages(&self, path: &str) -> impl futures::Stream<Item = Result<Vec<FileInfo>>> + '_ {
+        let path = path.to_string();
+        // State: the name the next page starts after; `None` once the last came.
+        futures::stream::try_unfold(Some(String::new()), move |after| {
+            let path = path.clone();
+            async move {
+                let Some(after) = after else {
+                    return Ok(None);
+                };
+                let page = self.list_page(&path, &after, 0).await?;
+                let next = page.more.then_some(page.cursor);
+                Ok(Some((page.entries, next)))
+            }
+        })
+    }
+
+    /// One page of a listing: up to `limit` entries (0: the master's default)
+    /// whose names sort after `start_after` ("" for the first page). The master
+    /// syncs with the under-store on the first page only.
+    pub async fn list_page(&self, path: &str, start_after: &str, limit: u32) -> Result<ListPage> {
         let path = parse(path)?.to_string();
         let resp = self
             .retry(|mut m| {
-                let path = path.clone();
-                async move { m.list_status(proto::ListStatusRequest { path }).await }
+                let req = proto::ListStatusRequest {
+                    path: path.clone(),
+                    start_after: start_after.to_string(),
+                    limit,
+                };
+                async move { m.list_status(req).await }
             })
             .await?
             .into_inner();
-        resp.entries.into_iter().map(FileInfo::try_from).collect()
+        let entries = resp
+            .entries
+            .into_iter()
+            .map(FileInfo::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        if resp.more && resp.cursor.as_str() <= start_after {
+            return Err(Error::internal(format!(
+                "master's listing cursor {:?} does not move past {start_after:?}",
+                resp.cursor
+            )));
+        }
+        Ok(ListPage {
+            entries,
+            more: resp.more,
+            cursor: resp.cursor,
+        })
     }
 
     /// Creates a directory; with `recursive`, missing parents too, and an existing

@@ -26,6 +26,15 @@ use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
 /// concurrent changes keep invalidating what it saw.
 const SYNC_ATTEMPTS: usize = 3;
 
+/// Most children loaded from the under-store by one journal entry: a folder of a
+/// million files loads as many bounded entries, not one huge write.
+const LOAD_BATCH: usize = 4096;
+
+/// Entries of one listing page when the client names no limit, and the most it may.
+pub const LIST_PAGE_DEFAULT: usize = 1000;
+/// The largest listing page (about 1 MiB of entries on the wire).
+pub const LIST_PAGE_MAX: usize = 10_000;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -90,6 +99,16 @@ pub struct NamespaceDeps {
     pub default_block_size: u64,
     /// Smallest and largest block size a client may ask for.
     pub block_size_range: std::ops::RangeInclusive<u64>,
+}
+
+/// One page of a listing.
+pub struct ListPage {
+    /// Entries in name order.
+    pub entries: Vec<FileInfo>,
+    /// Whether more entries follow.
+    pub more: bool,
+    /// The last name the page covered: the next page starts after it.
+    pub cursor: String,
 }
 
 /// The namespace service logic.
@@ -457,24 +476,59 @@ impl Namespace {
             if removed_any {
                 continue; // the directory changed: list again before loading
             }
-            let mut children = Vec::new();
+            // Load what the namespace lacks in bounded entries: each names the
+            // version the one before it left, so a change in between (a delete
+            // through Strata) stops the load and the listing starts over.
+            let mut expected = version;
+            let mut batch = Vec::new();
+            let mut interrupted = false;
             for st in &listed {
                 if self.store.get_child(dir_id, &st.name)?.is_none() {
-                    children.push(self.loaded_record(dir_id, st));
+                    batch.push(self.loaded_record(dir_id, st));
+                }
+                if batch.len() == LOAD_BATCH {
+                    match self.load_batch(path, dir_id, expected, &mut batch).await? {
+                        Some(v) => expected = v,
+                        None => {
+                            interrupted = true;
+                            break;
+                        }
+                    }
                 }
             }
-            if children.is_empty() {
+            if !interrupted
+                && self
+                    .load_batch(path, dir_id, expected, &mut batch)
+                    .await?
+                    .is_some()
+            {
                 return Ok(());
             }
-            self.propose(Op::LoadChildren(LoadChildrenEntry {
-                parent_id: dir_id,
-                path: path.to_string(),
-                children,
-                expected_version: version,
-            }))
-            .await?;
         }
         Ok(())
+    }
+
+    /// Proposes loading `batch` (emptied) into the directory, expecting its children
+    /// at `expected`; the version after, or `None` if the directory changed first.
+    async fn load_batch(
+        &self,
+        path: &StrataPath,
+        dir_id: u64,
+        expected: u64,
+        batch: &mut Vec<InodeRecord>,
+    ) -> Result<Option<u64>> {
+        if batch.is_empty() {
+            return Ok(Some(expected));
+        }
+        let applied = self
+            .propose(Op::LoadChildren(LoadChildrenEntry {
+                parent_id: dir_id,
+                path: path.to_string(),
+                children: std::mem::take(batch),
+                expected_version: expected,
+            }))
+            .await?;
+        Ok(applied.children_version)
     }
 
     /// Status of `path`.
@@ -483,20 +537,45 @@ impl Namespace {
         self.info(path.clone(), &rec)
     }
 
-    /// Entries of a directory (or the file itself), in name order.
-    pub async fn list(&self, path: &StrataPath) -> Result<Vec<FileInfo>> {
+    /// One page of a directory's entries (or the file itself), in name order:
+    /// up to `limit` entries after `start_after`. The under-store is synced on the
+    /// first page only.
+    pub async fn list_page(
+        &self,
+        path: &StrataPath,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        let limit = limit.clamp(1, LIST_PAGE_MAX);
         let rec = self.lookup(path).await?;
         if !rec.is_dir {
-            return Ok(vec![self.info(path.clone(), &rec)?]);
+            let entries = match start_after {
+                None => vec![self.info(path.clone(), &rec)?],
+                Some(_) => Vec::new(),
+            };
+            return Ok(ListPage {
+                entries,
+                more: false,
+                cursor: String::new(),
+            });
         }
-        self.sync_children(path, rec.id).await?;
-        let mut out = Vec::new();
-        for (name, id) in self.store.list_children(rec.id)? {
+        if start_after.is_none() {
+            self.sync_children(path, rec.id).await?;
+        }
+        let (children, more) = self.store.list_children_page(rec.id, start_after, limit)?;
+        let cursor = children.last().map(|(n, _)| n.clone()).unwrap_or_default();
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, id) in children {
+            // Removed between the two reads: skipped, the cursor still moves on.
             if let Some(child) = self.store.get_inode(id)? {
-                out.push(self.info(path.join(&name)?, &child)?);
+                entries.push(self.info(path.join(&name)?, &child)?);
             }
         }
-        Ok(out)
+        Ok(ListPage {
+            entries,
+            more,
+            cursor,
+        })
     }
 
     /// Builds the inodes for `missing` below `parent`; the last is `last`'s kind.

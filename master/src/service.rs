@@ -47,10 +47,25 @@ impl FileSystemMaster for FileSystemService {
         &self,
         req: Request<proto::ListStatusRequest>,
     ) -> Answer<proto::ListStatusResponse> {
-        let path = parse_path(&req.into_inner().path)?;
-        let entries = self.ns.list(&path).await?;
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        let start_after = match req.start_after.as_str() {
+            "" => None,
+            name => {
+                strata_common::path::validate_name(name)
+                    .map_err(|reason| Error::invalid_argument("start_after", reason))?;
+                Some(name)
+            }
+        };
+        let limit = match req.limit {
+            0 => crate::namespace::LIST_PAGE_DEFAULT,
+            n => n as usize,
+        };
+        let page = self.ns.list_page(&path, start_after, limit).await?;
         ok(proto::ListStatusResponse {
-            entries: entries.into_iter().map(Into::into).collect(),
+            entries: page.entries.into_iter().map(Into::into).collect(),
+            more: page.more,
+            cursor: page.cursor,
         })
     }
 

@@ -59,6 +59,9 @@ pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
 pub struct Applied {
     /// Files removed by a delete or unmount: their cached blocks must leave the workers.
     pub removed_files: Vec<FileId>,
+    /// For a load of children that took effect: the directory's `children_version`
+    /// after it, which the next load of the same listing expects.
+    pub children_version: Option<u64>,
 }
 
 /// Whether an apply error is the store failing (fatal), rather than a deterministic
@@ -281,6 +284,42 @@ impl MetaStore {
             self.edge_cache.invalidate(&key);
         }
         Ok(Some(child))
+    }
+
+    /// Up to `limit` children of `parent` whose names sort after `start_after`
+    /// (from the first when `None`), in name order; and whether more follow.
+    pub fn list_children_page(
+        &self,
+        parent: u64,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, bool)> {
+        let prefix = parent.to_be_bytes();
+        let from = match start_after {
+            Some(name) => edge_key(parent, name),
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_EDGES)?,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if start_after.is_some() && *k == *from {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let name = String::from_utf8(k[8..].to_vec())
+                .map_err(|_| Error::internal("metastore: corrupt edge name"))?;
+            out.push((name, u64_of(&v)?));
+        }
+        Ok((out, false))
     }
 
     /// Children of `parent` as `(name, id)`, in name order.
@@ -573,7 +612,10 @@ impl<'a> Tx<'a> {
         if added {
             self.touch_dir(e.parent_id, dir.mtime_ms)?;
         }
-        Ok(Applied::default())
+        Ok(Applied {
+            children_version: Some(dir.children_version + u64::from(added)),
+            ..Applied::default()
+        })
     }
 
     fn complete_file(&mut self, e: &CompleteFileEntry) -> Result<Applied> {
@@ -662,7 +704,10 @@ impl<'a> Tx<'a> {
         self.delete_edge(e.parent_id, &e.name)?;
         let removed_files = self.remove_subtree(e.id)?;
         self.touch_dir(e.parent_id, e.mtime_ms)?;
-        Ok(Applied { removed_files })
+        Ok(Applied {
+            removed_files,
+            ..Applied::default()
+        })
     }
 
     fn rename(&mut self, e: &RenameEntry) -> Result<Applied> {
@@ -781,7 +826,10 @@ impl<'a> Tx<'a> {
         self.touch_dir(rec.parent_id, rec.mtime_ms)?;
         self.mounts.retain(|m| m.mount_id != e.mount_id);
         self.mounts_changed = true;
-        Ok(Applied { removed_files })
+        Ok(Applied {
+            removed_files,
+            ..Applied::default()
+        })
     }
 }
 
@@ -1025,6 +1073,47 @@ mod tests {
         assert_eq!(s.get_child(1, "g").unwrap(), Some(5));
         assert_eq!(s.mounts()[0].uri, "file:///u");
         assert_eq!(s.get_inode(5).unwrap().unwrap().ufs_version, "v1");
+    }
+
+    #[test]
+    fn children_list_in_pages_after_a_name() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 10).unwrap();
+        let names = ["a", "a0", "ab", "b", "ba"];
+        let inodes = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| file(10 + i as u64, 1, n, 4096))
+            .collect();
+        s.apply(
+            1,
+            &Op::LoadChildren(LoadChildrenEntry {
+                parent_id: 1,
+                path: "/".into(),
+                children: inodes,
+                expected_version: 0,
+            })
+            .into(),
+        )
+        .unwrap();
+        let page = |after: Option<&str>, n| {
+            let (kids, more) = s.list_children_page(1, after, n).unwrap();
+            (kids.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(page(None, 2), (vec!["a".into(), "a0".into()], true));
+        // A name that prefixes others is passed exactly, not with them.
+        assert_eq!(page(Some("a"), 2), (vec!["a0".into(), "ab".into()], true));
+        assert_eq!(page(Some("ab"), 2), (vec!["b".into(), "ba".into()], false));
+        assert_eq!(page(Some("ba"), 2), (vec![], false));
+        // A cursor that names no child still starts after it.
+        assert_eq!(
+            page(Some("aa"), 5),
+            (vec!["ab".into(), "b".into(), "ba".into()], false)
+        );
+        assert_eq!(page(None, 5).0.len(), 5);
+        assert!(!page(None, 5).1, "exactly a page: nothing more");
+        // Another directory's children never leak into the page.
+        assert!(s.list_children_page(2, None, 10).unwrap().0.is_empty());
     }
 
     #[test]
