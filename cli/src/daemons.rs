@@ -125,6 +125,7 @@ pub async fn master(cfg: SiteConfig) -> anyhow::Result<i32> {
     let mut m = strata_master::start(strata_master::MasterDeps {
         config: cfg,
         shutdown,
+        pause_after_under_store: None,
     })
     .await?;
     println!("master listening on {}", m.addr);
@@ -170,6 +171,7 @@ pub async fn local(cli: &crate::Cli, args: &LocalArgs) -> anyhow::Result<i32> {
     let mut m = strata_master::start(strata_master::MasterDeps {
         config: cfg.clone(),
         shutdown: shutdown.child_token(),
+        pause_after_under_store: None,
     })
     .await?;
     // The worker and the readiness check talk to this process's master.

@@ -7,6 +7,7 @@
 
 pub mod journal;
 pub mod namespace;
+pub mod oplock;
 pub mod registry;
 pub mod service;
 pub mod store;
@@ -30,6 +31,9 @@ pub struct MasterDeps {
     pub config: SiteConfig,
     /// Cancelled to stop it.
     pub shutdown: CancellationToken,
+    /// Where mutations stop, between their under-store side effect and their
+    /// journal entry, when armed (tests only; `None` in production).
+    pub pause_after_under_store: Option<Arc<oplock::PausePoint>>,
 }
 
 /// A running master.
@@ -62,6 +66,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         registry: registry.clone(),
         default_block_size: cfg.client.block_size.0,
         block_size_range: cfg.master.min_block_size.0..=cfg.master.max_block_size.0,
+        pause_after_under_store: deps.pause_after_under_store,
     })?);
     ns.ensure_root_mount(&cfg.master.root_ufs).await?;
 

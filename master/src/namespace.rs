@@ -99,6 +99,8 @@ pub struct NamespaceDeps {
     pub default_block_size: u64,
     /// Smallest and largest block size a client may ask for.
     pub block_size_range: std::ops::RangeInclusive<u64>,
+    /// Where mutations stop after their under-store side effect, when armed.
+    pub pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
 }
 
 /// One page of a listing.
@@ -118,6 +120,8 @@ pub struct Namespace {
     registry: Arc<Registry>,
     default_block_size: u64,
     block_size_range: std::ops::RangeInclusive<u64>,
+    pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
+    locks: crate::oplock::PathLocks,
     next_inode: AtomicU64,
     next_mount: AtomicU64,
     stores: StoreCache,
@@ -134,6 +138,8 @@ impl Namespace {
             registry: deps.registry,
             default_block_size: deps.default_block_size,
             block_size_range: deps.block_size_range,
+            pause_after_under_store: deps.pause_after_under_store,
+            locks: crate::oplock::PathLocks::default(),
             next_inode: AtomicU64::new(next_inode),
             next_mount: AtomicU64::new(next_mount),
             stores: StoreCache::default(),
@@ -142,6 +148,13 @@ impl Namespace {
 
     fn new_id(&self) -> u64 {
         self.next_inode.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Between a mutation's under-store side effect and its journal entry.
+    async fn after_under_store(&self) {
+        if let Some(p) = &self.pause_after_under_store {
+            p.pass().await;
+        }
     }
 
     async fn propose(&self, op: Op) -> Result<Applied> {
@@ -625,6 +638,7 @@ impl Namespace {
 
     /// Creates a directory (and its missing parents when `recursive`).
     pub async fn mkdir(&self, path: &StrataPath, recursive: bool) -> Result<FileInfo> {
+        let _guard = self.locks.lock(&[path]).await;
         let r = self.resolve_synced(path).await?;
         if let Some(rec) = r.found() {
             if rec.is_dir && recursive {
@@ -640,6 +654,7 @@ impl Namespace {
                 hit.writable(path)?;
                 let ufs = self.under_store(&hit.record.uri)?;
                 ufs.mkdirs(&hit.ufs_path()?).await?;
+                self.after_under_store().await;
                 true
             }
             None => false,
@@ -738,6 +753,7 @@ impl Namespace {
             path: format!("file id {id}"),
         })?;
         let path = self.path_of(id.0)?;
+        let _guard = self.locks.lock(&[&path]).await;
         if rec.is_dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
@@ -786,6 +802,7 @@ impl Namespace {
 
     /// Deletes a file or directory, in the under-store too when it is persisted.
     pub async fn delete(&self, path: &StrataPath, recursive: bool) -> Result<()> {
+        let _guard = self.locks.lock(&[path]).await;
         if path.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),
@@ -819,6 +836,7 @@ impl Namespace {
                 hit.writable(path)?;
                 let ufs = self.under_store(&hit.record.uri)?;
                 ufs.delete(&hit.ufs_path()?, recursive).await?;
+                self.after_under_store().await;
             }
         }
         let applied = self
@@ -837,6 +855,7 @@ impl Namespace {
 
     /// Renames `src` to `dst` (which must not exist), in the under-store too.
     pub async fn rename(&self, src: &StrataPath, dst: &StrataPath) -> Result<()> {
+        let _guard = self.locks.lock(&[src, dst]).await;
         if src.is_root() || dst.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),
@@ -888,6 +907,7 @@ impl Namespace {
                 let from = a.ufs_path()?;
                 if ufs.status(&from).await?.is_some() {
                     ufs.rename(&from, &b.ufs_path()?).await?;
+                    self.after_under_store().await;
                 }
             }
             _ => {
@@ -913,6 +933,7 @@ impl Namespace {
 
     /// Mounts the under-store `uri` at `path`, which must not exist yet.
     pub async fn mount(&self, path: &StrataPath, uri: &str, read_only: bool) -> Result<()> {
+        let _guard = self.locks.lock(&[path]).await;
         let r = self.resolve_synced(path).await?;
         if r.found().is_some() {
             return Err(Error::AlreadyExists {
@@ -1002,6 +1023,7 @@ impl Namespace {
 
     /// Removes the mount at `path` and its namespace (the under-store is untouched).
     pub async fn unmount(&self, path: &StrataPath) -> Result<()> {
+        let _guard = self.locks.lock(&[path]).await;
         if path.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),

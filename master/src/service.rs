@@ -30,6 +30,17 @@ fn ok<T>(v: T) -> Answer<T> {
     Ok(Response::new(v))
 }
 
+/// Runs a mutation in a task of its own: a caller that goes away (a deadline, a
+/// dropped connection) cancels the handler, not the mutation, so it is never cut
+/// between its under-store side effect and its journal entry.
+async fn detached<T: Send + 'static>(
+    mutation: impl std::future::Future<Output = strata_common::Result<T>> + Send + 'static,
+) -> strata_common::Result<T> {
+    tokio::spawn(mutation)
+        .await
+        .map_err(|e| Error::internal(format!("mutation task failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl FileSystemMaster for FileSystemService {
     async fn get_status(
@@ -75,7 +86,8 @@ impl FileSystemMaster for FileSystemService {
     ) -> Answer<proto::CreateDirectoryResponse> {
         let req = req.into_inner();
         let path = parse_path(&req.path)?;
-        let info = self.ns.mkdir(&path, req.recursive).await?;
+        let ns = self.ns.clone();
+        let info = detached(async move { ns.mkdir(&path, req.recursive).await }).await?;
         ok(proto::CreateDirectoryResponse {
             info: Some(info.into()),
         })
@@ -86,7 +98,8 @@ impl FileSystemMaster for FileSystemService {
         req: Request<proto::CreateFileRequest>,
     ) -> Answer<proto::CreateFileResponse> {
         let req = CreateFile::try_from(req.into_inner())?;
-        let (info, ufs) = self.ns.create_file(&req).await?;
+        let ns = self.ns.clone();
+        let (info, ufs) = detached(async move { ns.create_file(&req).await }).await?;
         ok(proto::CreateFileResponse {
             info: Some(info.into()),
             ufs: ufs.map(Into::into),
@@ -108,10 +121,10 @@ impl FileSystemMaster for FileSystemService {
                 version: String::new(),
             }),
         };
-        let info = self
-            .ns
-            .complete_file(FileId(req.file_id), req.length, ufs)
-            .await?;
+        let ns = self.ns.clone();
+        let info =
+            detached(async move { ns.complete_file(FileId(req.file_id), req.length, ufs).await })
+                .await?;
         ok(proto::CompleteFileResponse {
             info: Some(info.into()),
         })
@@ -120,14 +133,16 @@ impl FileSystemMaster for FileSystemService {
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Answer<proto::DeleteResponse> {
         let req = req.into_inner();
         let path = parse_path(&req.path)?;
-        self.ns.delete(&path, req.recursive).await?;
+        let ns = self.ns.clone();
+        detached(async move { ns.delete(&path, req.recursive).await }).await?;
         ok(proto::DeleteResponse {})
     }
 
     async fn rename(&self, req: Request<proto::RenameRequest>) -> Answer<proto::RenameResponse> {
         let req = req.into_inner();
         let (src, dst) = (parse_path(&req.src)?, parse_path(&req.dst)?);
-        self.ns.rename(&src, &dst).await?;
+        let ns = self.ns.clone();
+        detached(async move { ns.rename(&src, &dst).await }).await?;
         ok(proto::RenameResponse {})
     }
 
@@ -137,13 +152,15 @@ impl FileSystemMaster for FileSystemService {
         if req.uri.is_empty() {
             return Err(Error::invalid_argument("uri", "missing").into());
         }
-        self.ns.mount(&path, &req.uri, req.read_only).await?;
+        let ns = self.ns.clone();
+        detached(async move { ns.mount(&path, &req.uri, req.read_only).await }).await?;
         ok(proto::MountResponse {})
     }
 
     async fn unmount(&self, req: Request<proto::UnmountRequest>) -> Answer<proto::UnmountResponse> {
         let path = parse_path(&req.into_inner().path)?;
-        self.ns.unmount(&path).await?;
+        let ns = self.ns.clone();
+        detached(async move { ns.unmount(&path).await }).await?;
         ok(proto::UnmountResponse {})
     }
 

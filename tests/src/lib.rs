@@ -27,6 +27,9 @@ pub struct ClusterOptions {
     pub root_ufs: bool,
     /// Bytes in one data message.
     pub chunk_size: u64,
+    /// Where the master's mutations stop after their under-store side effect,
+    /// when armed.
+    pub master_pause: Option<std::sync::Arc<strata_master::oplock::PausePoint>>,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +40,7 @@ impl Default for ClusterOptions {
             workers: 1,
             root_ufs: true,
             chunk_size: 64 * 1024,
+            master_pause: None,
         }
     }
 }
@@ -129,6 +133,7 @@ impl MiniCluster {
         let master = strata_master::start(strata_master::MasterDeps {
             config: config.clone(),
             shutdown: master_stop.clone(),
+            pause_after_under_store: opts.master_pause.clone(),
         })
         .await
         .expect("master starts");

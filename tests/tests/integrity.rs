@@ -349,3 +349,62 @@ async fn absurd_numbers_from_the_wire_are_invalid_arguments() {
     assert_eq!(read_all(&c.fs, "/ok").await, data);
     c.stop().await;
 }
+
+/// A rename whose caller gives up (its deadline passes) after the under-store was
+/// changed but before the namespace was: the mutation still completes, and the
+/// namespace and the under-store agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_rename_leaves_namespace_and_under_store_agreeing() {
+    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
+    let c = MiniCluster::start(ClusterOptions {
+        master_pause: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    let data = pattern(1000, 3);
+    let mut w =
+        c.fs.create(
+            "/d/f",
+            CreateOptions {
+                recursive: true,
+                write_type: Some(WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&data).await.unwrap();
+    let id = w.close().await.unwrap().id;
+
+    pause.arm();
+    let mut master = master_client(&c);
+    let mut req = tonic::Request::new(proto::RenameRequest {
+        src: "/d/f".into(),
+        dst: "/d/g".into(),
+    });
+    req.set_timeout(std::time::Duration::from_millis(300));
+    let call = tokio::spawn(async move { master.rename(req).await });
+    pause.reached().await;
+    // The under-store has moved; the caller's deadline passes while the mutation
+    // is held between its two steps.
+    let answer = call.await.unwrap();
+    assert!(answer.is_err(), "the caller gave up: {answer:?}");
+    assert!(c.underfs().join("d/g").exists());
+    pause.release();
+
+    // The mutation goes on without its caller: the same inode moves (a load of the
+    // under-store's new name by metadata sync would make a new one, and keep /d/f).
+    let mut renamed = false;
+    for _ in 0..500 {
+        if c.fs.get_status("/d/g").await.map(|f| f.id) == Ok(id) {
+            renamed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(renamed, "the rename did not complete without its caller");
+    assert!(!c.fs.exists("/d/f").await.unwrap());
+    assert!(!c.underfs().join("d/f").exists());
+    assert_eq!(read_all(&c.fs, "/d/g").await, data);
+    c.stop().await;
+}
