@@ -176,6 +176,11 @@ impl FileWriter {
             length: self.written,
             persisted: self.write_type.persists(),
             ufs_fingerprint: ufs_fingerprint.map(Into::into),
+            ufs: self
+                .ufs
+                .clone()
+                .filter(|_| self.write_type.persists())
+                .map(Into::into),
         };
         let mut attempt = 0;
         let resp = loop {

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_common::ids::{block_count, BlockId, FileId, MAX_BLOCKS_PER_FILE};
 use strata_common::types::{
-    BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, UfsLocation,
+    BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, UfsFingerprint,
+    UfsLocation,
 };
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
@@ -404,11 +405,7 @@ impl Namespace {
 
     /// Whether a block read through from the under-store copy `fingerprint` may be
     /// recorded as block `b`: the file's record must still name that very copy.
-    pub fn read_through_is_current(
-        &self,
-        b: BlockId,
-        fingerprint: &strata_common::types::UfsFingerprint,
-    ) -> Result<()> {
+    pub fn read_through_is_current(&self, b: BlockId, fingerprint: &UfsFingerprint) -> Result<()> {
         let rec = self
             .store
             .get_inode(b.file().0)?
@@ -674,6 +671,7 @@ impl Namespace {
     /// under-store location.
     pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
         let path = &req.path;
+        let _guard = self.locks.lock(&[path]).await;
         if !self.block_size_range.contains(&req.block_size) {
             return Err(Error::invalid_argument(
                 "block_size",
@@ -699,7 +697,15 @@ impl Namespace {
         let ufs = match (&hit, req.write_type.persists()) {
             (Some(hit), true) => {
                 hit.writable(path)?;
-                Some(hit.location()?)
+                // The folder the writer stages in, made now, while the namespace
+                // path is locked: the worker never makes folders itself.
+                let location = hit.location()?;
+                let parent = UfsPath::from(&location);
+                if let Some((_, dirs)) = parent.components().split_last() {
+                    let ufs = self.under_store(&hit.record.uri)?;
+                    ufs.mkdirs(&UfsPath::parse(&dirs.join("/"))?).await?;
+                }
+                Some(location)
             }
             (None, true) => {
                 return Err(Error::NotPermitted {
@@ -747,11 +753,20 @@ impl Namespace {
         &self,
         id: FileId,
         length: u64,
-        ufs: Option<strata_common::types::UfsFingerprint>,
+        ufs: Option<UfsFingerprint>,
+        staged_at: Option<UfsLocation>,
     ) -> Result<FileInfo> {
-        let rec = self.store.get_inode(id.0)?.ok_or_else(|| Error::NotFound {
-            path: format!("file id {id}"),
-        })?;
+        let Some(rec) = self.store.get_inode(id.0)? else {
+            // Deleted while it was written: its writer's staged copy may have been
+            // made after the delete looked. File ids are never reused, so the copy
+            // staged under this id is nobody else's.
+            if let Some(loc) = staged_at {
+                self.discard_orphan(id, &loc).await?;
+            }
+            return Err(Error::NotFound {
+                path: format!("file id {id}"),
+            });
+        };
         let path = self.path_of(id.0)?;
         let _guard = self.locks.lock(&[&path]).await;
         if rec.is_dir {
@@ -785,19 +800,77 @@ impl Namespace {
                 "too many blocks for one file",
             ));
         }
+        let ufs_version = match ufs {
+            Some(claimed) => Some(self.publish(id, &path, &claimed).await?),
+            None => None,
+        };
         self.propose(Op::CompleteFile(CompleteFileEntry {
             id: id.0,
             path: path.to_string(),
             length,
-            persisted: ufs.is_some(),
+            persisted: ufs_version.is_some(),
             mtime_ms: now_ms(),
-            ufs_version: ufs.map(|f| f.version).unwrap_or_default(),
+            ufs_version: ufs_version.unwrap_or_default(),
         }))
         .await?;
         // Blocks its writer reported while the length was unknown must fit it now.
         self.registry
             .retain_blocks_of(id, |b, len| self.block_is_valid(b, len));
         self.get_status(&path).await
+    }
+
+    /// Makes the staged under-store copy of file `id` visible at its path as it is
+    /// now (the caller holds the path's lock); returns its version. The copy must be
+    /// the one its writer described. A retry after a publish whose completion was
+    /// lost finds the copy published already.
+    async fn publish(
+        &self,
+        id: FileId,
+        path: &StrataPath,
+        claimed: &UfsFingerprint,
+    ) -> Result<String> {
+        let hit = self.mount_for(path).ok_or_else(|| Error::NotPermitted {
+            path: path.to_string(),
+            reason: "is no longer under a mount; its under-store copy cannot be published".into(),
+        })?;
+        let ufs = self.under_store(&hit.record.uri)?;
+        let at = hit.ufs_path()?;
+        let published = match ufs.publish(&at, id.0).await {
+            Ok(st) => st,
+            Err(Error::NotFound { .. }) => match ufs.status(&at).await? {
+                Some(st) if claimed.mismatch(&st.fingerprint()).is_none() => st,
+                _ => {
+                    return Err(Error::NotFound {
+                        path: format!("{path}: the writer's staged under-store copy"),
+                    })
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        if let Some(reason) = claimed.mismatch(&published.fingerprint()) {
+            // Not what the writer wrote: do not let it stand as this file's copy.
+            ufs.delete(&at, false).await?;
+            return Err(Error::UfsChanged {
+                path: path.to_string(),
+                reason,
+            });
+        }
+        Ok(published.version)
+    }
+
+    /// Discards the staged copy of the deleted file `id` at `loc`, which must lie in
+    /// a mounted under-store.
+    async fn discard_orphan(&self, id: FileId, loc: &UfsLocation) -> Result<()> {
+        let mounted = self
+            .store
+            .mounts()
+            .into_iter()
+            .any(|m| m.uri == loc.mount_uri && !m.read_only);
+        if !mounted {
+            return Ok(()); // unmounted meanwhile: nothing of ours to clean there
+        }
+        let ufs = self.under_store(&loc.mount_uri)?;
+        ufs.discard(&UfsPath::from(loc), id.0).await
     }
 
     /// Deletes a file or directory, in the under-store too when it is persisted.
@@ -836,6 +909,11 @@ impl Namespace {
                 hit.writable(path)?;
                 let ufs = self.under_store(&hit.record.uri)?;
                 ufs.delete(&hit.ufs_path()?, recursive).await?;
+                if !rec.is_dir && !rec.complete {
+                    // Its writer's staged copy, finished or not, goes too: completing
+                    // the file later finds nothing to publish.
+                    ufs.discard(&hit.ufs_path()?, rec.id).await?;
+                }
                 self.after_under_store().await;
             }
         }
@@ -1134,8 +1212,8 @@ impl Namespace {
 }
 
 /// The under-store fingerprint a file's record names.
-fn recorded_fingerprint(rec: &InodeRecord) -> strata_common::types::UfsFingerprint {
-    strata_common::types::UfsFingerprint {
+fn recorded_fingerprint(rec: &InodeRecord) -> UfsFingerprint {
+    UfsFingerprint {
         length: rec.length,
         version: rec.ufs_version.clone(),
     }

@@ -8,7 +8,7 @@ use strata_common::ids::{BlockId, FileId, WorkerId};
 use strata_common::proto::{
     self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
 };
-use strata_common::types::{parse_path, CreateFile, UfsFingerprint};
+use strata_common::types::{parse_path, CreateFile, UfsFingerprint, UfsLocation};
 use strata_common::Error;
 use tonic::{Request, Response, Status};
 
@@ -121,10 +121,13 @@ impl FileSystemMaster for FileSystemService {
                 version: String::new(),
             }),
         };
+        let staged_at = req.ufs.map(UfsLocation::try_from).transpose()?;
         let ns = self.ns.clone();
-        let info =
-            detached(async move { ns.complete_file(FileId(req.file_id), req.length, ufs).await })
-                .await?;
+        let info = detached(async move {
+            ns.complete_file(FileId(req.file_id), req.length, ufs, staged_at)
+                .await
+        })
+        .await?;
         ok(proto::CompleteFileResponse {
             info: Some(info.into()),
         })

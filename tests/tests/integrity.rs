@@ -214,6 +214,7 @@ async fn completing_a_file_is_idempotent() {
             length: 3,
             persisted: false,
             ufs_fingerprint: None,
+            ufs: None,
         })
         .await
         .expect("completing again is a no-op")
@@ -225,6 +226,7 @@ async fn completing_a_file_is_idempotent() {
             length: 4,
             persisted: false,
             ufs_fingerprint: None,
+            ufs: None,
         })
         .await
         .unwrap_err();
@@ -406,5 +408,109 @@ async fn a_cancelled_rename_leaves_namespace_and_under_store_agreeing() {
     assert!(!c.fs.exists("/d/f").await.unwrap());
     assert!(!c.underfs().join("d/f").exists());
     assert_eq!(read_all(&c.fs, "/d/g").await, data);
+    c.stop().await;
+}
+
+/// Every file below `dir`, relative, temp files included.
+fn under_store_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(
+                under_store_files(&e.path())
+                    .into_iter()
+                    .map(|n| format!("{name}/{n}")),
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file deleted while its `CACHE_THROUGH` writer is still streaming stays deleted:
+/// the writer's close fails, and neither the namespace nor the under-store gets the
+/// file back; no staged copy is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_during_a_write_stays_deleted() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    for wt in [WriteType::CacheThrough, WriteType::Through] {
+        let path = format!("/del-{wt}");
+        let mut w =
+            c.fs.create(
+                &path,
+                CreateOptions {
+                    write_type: Some(wt),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // Enough to open the stream and reach the worker.
+        w.write(&pattern(3 * BS as usize, 4)).await.unwrap();
+        c.fs.delete(&path, false).await.unwrap();
+        w.write(&pattern(BS as usize, 5)).await.unwrap();
+        let closed = w.close().await;
+        assert!(closed.is_err(), "{wt}: close of a deleted file: {closed:?}");
+        assert!(!c.fs.exists(&path).await.unwrap(), "{wt}");
+        assert_eq!(
+            under_store_files(&c.underfs()),
+            Vec::<String>::new(),
+            "{wt}"
+        );
+    }
+    c.stop().await;
+}
+
+/// A folder renamed while a file in it is being written: the file completes in the
+/// folder's new place, with its bytes, and no staged copy is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_renamed_during_a_write_takes_the_file_along() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let data = pattern(2 * BS as usize + 7, 6);
+    let mut w =
+        c.fs.create(
+            "/old/f",
+            CreateOptions {
+                recursive: true,
+                write_type: Some(WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&data[..BS as usize]).await.unwrap();
+    // Once the worker has staged the copy, the folder moves under it.
+    let staged = |files: Vec<String>| files.iter().any(|f| f.ends_with(".strata-tmp"));
+    for _ in 0..500 {
+        if staged(under_store_files(&c.underfs())) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(staged(under_store_files(&c.underfs())));
+    c.fs.rename("/old", "/new").await.unwrap();
+    w.write(&data[BS as usize..]).await.unwrap();
+    let info = w.close().await.unwrap();
+    assert_eq!(info.path.as_str(), "/new/f");
+    assert_eq!(read_all(&c.fs, "/new/f").await, data);
+    assert_eq!(under_store_files(&c.underfs()), ["new/f"]);
+    // The published copy is the one recorded: a cold read of it is accepted.
+    c.fs.free("/new/f").await.unwrap();
+    let mut r =
+        c.fs.open(
+            "/new/f",
+            OpenOptions {
+                read_type: Some(ReadType::NoCache),
+            },
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, data);
     c.stop().await;
 }

@@ -98,16 +98,19 @@ impl UfsStatus {
 /// A byte stream from an under-store.
 pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
 
-/// A file being written to an under-store. Nothing is visible at the path until
-/// [`UfsWriter::complete`] returns; [`UfsWriter::abort`] (or a drop) leaves no trace.
+/// A file being written to an under-store, staged under a name derived from its
+/// key (the file id). Nothing is visible at the path until the master publishes
+/// the staged copy ([`UnderStore::publish`]), so a writer can never undo a delete or
+/// a rename the namespace made meanwhile. [`UfsWriter::abort`] (or a drop before
+/// [`UfsWriter::finish`]) leaves no trace.
 #[async_trait]
 pub trait UfsWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, data: Bytes) -> Result<()>;
-    /// Makes the file durable and visible at its path, replacing any file there;
-    /// returns the status of the file as written (its fingerprint is what readers
-    /// will expect).
-    async fn complete(self: Box<Self>) -> Result<UfsStatus>;
+    /// Makes the staged bytes durable; returns the status (fingerprint) the file
+    /// will have once published. The staged copy stays until published or
+    /// discarded.
+    async fn finish(self: Box<Self>) -> Result<UfsStatus>;
     /// Discards what was written.
     async fn abort(self: Box<Self>) -> Result<()>;
 }
@@ -132,8 +135,16 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
         length: u64,
         expect: &UfsFingerprint,
     ) -> Result<UfsReader>;
-    /// Starts writing the file at `path`, creating missing parent directories.
-    async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>>;
+    /// Starts writing the file at `path`, staged under `key` (the file id). The
+    /// parent folder must exist (`NotFound` otherwise). A second writer with the
+    /// same key is refused.
+    async fn create(&self, path: &UfsPath, key: u64) -> Result<Box<dyn UfsWriter>>;
+    /// Makes the staged copy of `key` visible at `path`, replacing any file there,
+    /// and returns its status. `NotFound` if there is no staged copy (discarded, or
+    /// its folder removed).
+    async fn publish(&self, path: &UfsPath, key: u64) -> Result<UfsStatus>;
+    /// Removes the staged copy of `key` for `path`, if there is one.
+    async fn discard(&self, path: &UfsPath, key: u64) -> Result<()>;
     /// Creates the directory at `path` and its missing parents; an existing
     /// directory is fine.
     async fn mkdirs(&self, path: &UfsPath) -> Result<()>;

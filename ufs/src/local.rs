@@ -26,7 +26,6 @@ use bytes::Bytes;
 use std::ffi::{CStr, CString};
 use std::io::{self, Seek};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_common::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,7 +33,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Marks a file still being written; such files are never listed.
 const TEMP_SUFFIX: &str = ".strata-tmp";
 
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+/// The staging name of the file with key (file id) `key`: short, since the
+/// target's own name may already be at the length limit, and hidden from listings.
+fn temp_name(key: u64) -> Sys<CString> {
+    c_name(&format!(".{key:x}{TEMP_SUFFIX}"))
+}
 
 /// A folder on a local (or locally mounted) filesystem.
 #[derive(Debug)]
@@ -443,25 +446,22 @@ impl UnderStore for LocalStore {
         Ok(Box::pin(tokio::fs::File::from_std(checked).take(length)))
     }
 
-    async fn create(&self, path: &UfsPath) -> Result<Box<dyn UfsWriter>> {
+    async fn create(&self, path: &UfsPath, key: u64) -> Result<Box<dyn UfsWriter>> {
         if path.is_root() {
             return Err(Error::IsADirectory {
                 path: self.display(path),
             });
         }
         let (parent, name) = Self::split(path);
-        // A short name: the target's own name may already be at the length limit.
-        let temp = format!(
-            ".{}-{}{TEMP_SUFFIX}",
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let temp_c = CString::new(temp).map_err(|_| Error::internal("temp name with NUL"))?;
+        let temp_c = temp_name(key).map_err(|f| to_error(self.display(path), f))?;
         let temp_open = temp_c.clone();
         let full = path.components().to_vec();
         let (dir, file) = self
             .run(path, move |root| {
-                let dir = ensure_dirs(root, &parent)?;
+                // The folder must exist: the master makes it when the file is
+                // created. Making it here could bring back a folder renamed or
+                // deleted since.
+                let dir = open_dir(root, &parent)?;
                 // Not needed for safety (completion replaces the entry itself, never a
                 // link's target), but a path `status` refuses is refused here too.
                 match open_beneath(root, &relative(&full)?, libc::O_PATH) {
@@ -485,6 +485,42 @@ impl UnderStore for LocalStore {
             name,
             display: self.display(path),
         }))
+    }
+
+    async fn publish(&self, path: &UfsPath, key: u64) -> Result<UfsStatus> {
+        if path.is_root() {
+            return Err(Error::IsADirectory {
+                path: self.display(path),
+            });
+        }
+        let (parent, name) = Self::split(path);
+        self.run(path, move |root| {
+            // The folder as it is now: a staged copy whose folder was removed is gone
+            // with it, and is not brought back.
+            let dir = open_dir(root, &parent)?;
+            let target = c_name(&name)?;
+            sys::renameat(dir.as_fd(), &temp_name(key)?, dir.as_fd(), &target)?;
+            let st = sys::fstatat_nofollow(dir.as_fd(), &target)?;
+            Ok(status_of(name, &st))
+        })
+        .await
+    }
+
+    async fn discard(&self, path: &UfsPath, key: u64) -> Result<()> {
+        let (parent, _) = Self::split(path);
+        self.run(path, move |root| {
+            let dir = match open_dir(root, &parent) {
+                Ok(dir) => dir,
+                Err(f) if f.errno() == Some(libc::ENOENT) => return Ok(()),
+                Err(f) => return Err(f),
+            };
+            Ok(ignore_missing(sys::unlinkat(
+                dir.as_fd(),
+                &temp_name(key)?,
+                0,
+            ))?)
+        })
+        .await
     }
 
     async fn mkdirs(&self, path: &UfsPath) -> Result<()> {
@@ -589,25 +625,22 @@ impl UfsWriter for LocalWriter {
         }
     }
 
-    async fn complete(mut self: Box<Self>) -> Result<UfsStatus> {
+    async fn finish(mut self: Box<Self>) -> Result<UfsStatus> {
         let Some(mut file) = self.file.take() else {
-            return Err(Error::internal("complete after close"));
+            return Err(Error::internal("finish after close"));
         };
         // tokio reports a failed buffered write on the next operation: flush first.
         let res = match file.flush().await {
             Err(e) => Err(self.err(e)),
             Ok(()) => {
                 let file = file.into_std().await;
-                let (dir, temp, name) = (self.dir.clone(), self.temp.clone(), self.name.clone());
+                let name = self.name.clone();
                 let display = self.display.clone();
                 blocking(move || -> Sys<UfsStatus> {
                     file.sync_all()?;
-                    // Taken before the rename, which keeps the inode and the mtime: this
-                    // is the fingerprint readers of the path will find.
+                    // Publishing renames, which keeps the inode and the mtime: this is
+                    // the fingerprint readers of the path will find.
                     let st = sys::fstat(file.as_fd())?;
-                    drop(file);
-                    let target = c_name(&name)?;
-                    sys::renameat(dir.as_fd(), &temp, dir.as_fd(), &target)?;
                     Ok(status_of(name, &st))
                 })
                 .await
@@ -825,7 +858,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
     use std::path::Path;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
     fn store_at(dir: &Path) -> LocalStore {
@@ -849,9 +882,23 @@ mod tests {
     }
 
     async fn write_file(store: &LocalStore, path: &UfsPath, data: &'static [u8]) -> UfsStatus {
-        let mut w = store.create(path).await.unwrap();
+        make_parent(store, path).await;
+        let mut w = store.create(path, 1).await.unwrap();
         w.write(Bytes::from_static(data)).await.unwrap();
-        w.complete().await.unwrap()
+        let finished = w.finish().await.unwrap();
+        let published = store.publish(path, 1).await.unwrap();
+        assert_eq!(finished, published, "publishing keeps the fingerprint");
+        published
+    }
+
+    /// Makes `path`'s folder, as the master does before a writer stages a file.
+    async fn make_parent(store: &LocalStore, path: &UfsPath) {
+        if let Some((_, dirs)) = path.components().split_last() {
+            store
+                .mkdirs(&UfsPath::parse(&dirs.join("/")).unwrap())
+                .await
+                .unwrap();
+        }
     }
 
     /// Every file below `dir` with its content, following no symlink.
@@ -884,13 +931,23 @@ mod tests {
         let uri = format!("file://{}", dir.path().display());
         let store = LocalStore::open(&uri, dir.path().to_str().unwrap()).unwrap();
         let f = p("a/b/f.bin");
-        let mut w = store.create(&f).await.unwrap();
+        // The folder must exist: staging never makes folders.
+        assert!(matches!(
+            store.create(&f, 1).await,
+            Err(Error::NotFound { .. })
+        ));
+        make_parent(&store, &f).await;
+        let mut w = store.create(&f, 1).await.unwrap();
         w.write(Bytes::from_static(b"hello ")).await.unwrap();
         // Not visible before complete.
         assert!(store.status(&f).await.unwrap().is_none());
         assert!(store.list(&p("a/b")).await.unwrap().is_empty());
         w.write(Bytes::from_static(b"world")).await.unwrap();
-        let done = w.complete().await.unwrap();
+        let finished = w.finish().await.unwrap();
+        // Finished is durable, not yet visible.
+        assert!(store.status(&f).await.unwrap().is_none());
+        let done = store.publish(&f, 1).await.unwrap();
+        assert_eq!(done, finished);
         assert_eq!(done.length, 11);
         assert_eq!(done.name, "f.bin");
         assert_eq!(store.status(&f).await.unwrap().unwrap().length, 11);
@@ -922,19 +979,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_at(dir.path());
         let x = p("x");
-        let mut w = store.create(&x).await.unwrap();
+        let mut w = store.create(&x, 1).await.unwrap();
         w.write(Bytes::from_static(b"junk")).await.unwrap();
         w.abort().await.unwrap();
-        let w = store.create(&x).await.unwrap();
+        let w = store.create(&x, 1).await.unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn staged_copies_publish_once_and_discard_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let f = p("d/f");
+        make_parent(&store, &f).await;
+        let mut w = store.create(&f, 7).await.unwrap();
+        // One writer per key.
+        assert!(store.create(&f, 7).await.is_err());
+        w.write(Bytes::from_static(b"staged")).await.unwrap();
+        w.finish().await.unwrap();
+        // Discarded before publishing (the file was deleted meanwhile): nothing
+        // appears, and publishing afterwards finds nothing to publish.
+        store.discard(&f, 7).await.unwrap();
+        store.discard(&f, 7).await.unwrap();
+        assert!(matches!(
+            store.publish(&f, 7).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(store.status(&f).await.unwrap().is_none());
+        assert_eq!(snapshot(dir.path()), [("d/".to_string(), Vec::new())]);
+        // A staged copy whose folder was renamed is published where the folder is
+        // now, and only there.
+        let mut w = store.create(&f, 8).await.unwrap();
+        w.write(Bytes::from_static(b"moved")).await.unwrap();
+        w.finish().await.unwrap();
+        store.rename(&p("d"), &p("e")).await.unwrap();
+        assert!(matches!(
+            store.publish(&f, 8).await,
+            Err(Error::NotFound { .. })
+        ));
+        store.publish(&p("e/f"), 8).await.unwrap();
+        assert_eq!(
+            snapshot(dir.path()),
+            [
+                ("e/".to_string(), Vec::new()),
+                ("e/f".to_string(), b"moved".to_vec())
+            ]
+        );
+        // A staged copy whose folder was removed is gone with it.
+        let mut w = store.create(&p("e/g"), 9).await.unwrap();
+        w.write(Bytes::from_static(b"gone")).await.unwrap();
+        w.finish().await.unwrap();
+        store.delete(&p("e"), true).await.unwrap();
+        assert!(matches!(
+            store.publish(&p("e/g"), 9).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(snapshot(dir.path()).is_empty());
     }
 
     #[tokio::test]
     async fn temp_files_are_hidden() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_at(dir.path());
-        let w = store.create(&p("f")).await.unwrap();
+        let w = store.create(&p("f"), 1).await.unwrap();
         let temp = std::fs::read_dir(dir.path())
             .unwrap()
             .next()
@@ -971,7 +1079,7 @@ mod tests {
                 not_permitted(store.open_range(&path, 0, 6, &any).await),
                 "{path}"
             );
-            assert!(not_permitted(store.create(&path).await), "{path}");
+            assert!(not_permitted(store.create(&path, 1).await), "{path}");
         }
         assert!(store.list(&UfsPath::root()).await.unwrap().is_empty());
         assert_eq!(
@@ -1059,8 +1167,8 @@ mod tests {
         assert!(not_permitted(
             store.open_range(&af, 0, 6, &inside.fingerprint()).await
         ));
-        assert!(not_permitted(store.create(&p("a/new")).await));
-        assert!(not_permitted(store.create(&af).await));
+        assert!(not_permitted(store.create(&p("a/new"), 1).await));
+        assert!(not_permitted(store.create(&af, 1).await));
         assert!(not_permitted(store.mkdirs(&p("a/newdir")).await));
         assert!(not_permitted(store.mkdirs(&p("a/sub/deeper")).await));
         assert!(not_permitted(store.delete(&af, false).await));
@@ -1141,10 +1249,12 @@ mod tests {
                     Err(Error::NotPermitted { .. }) => refused += 1,
                     Err(e) => panic!("{e}"),
                 }
-                if let Ok(mut w) = store.create(&victim).await {
+                if let Ok(mut w) = store.create(&victim, 1).await {
                     w.write(Bytes::from_static(b"overwritten")).await.unwrap();
-                    // Completion renames within the directory checked at create.
-                    w.complete().await.unwrap();
+                    w.finish().await.unwrap();
+                    // Publishing resolves the folder again, beneath the root.
+                    let _ = store.publish(&victim, 1).await;
+                    let _ = store.discard(&victim, 1).await;
                 }
                 let _ = store.delete(&victim, false).await;
                 let _ = store.mkdirs(&p("a/made")).await;

@@ -270,7 +270,7 @@ impl DataService {
         let mut ufs_writer: Option<Box<dyn UfsWriter>> = match &header.ufs {
             Some(loc) if header.write_type.persists() => {
                 let ufs = self.ufs.get(&loc.mount_uri)?;
-                Some(ufs.create(&UfsPath::from(loc)).await?)
+                Some(ufs.create(&UfsPath::from(loc), header.file_id.0).await?)
             }
             _ => None,
         };
@@ -288,10 +288,12 @@ impl DataService {
                 return Err(e);
             }
         };
-        // The stream ended with its end message: only now does anything become
-        // visible, the under-store copy first, then the cached blocks.
+        // The stream ended with its end message. The under-store copy is made
+        // durable but stays staged: the master publishes it when the file completes,
+        // under the file's path lock, so this write cannot undo a delete or a rename
+        // that happened meanwhile. Then the cached blocks become visible.
         let ufs_fingerprint = match ufs_writer {
-            Some(w) => Some(w.complete().await?.fingerprint()),
+            Some(w) => Some(w.finish().await?.fingerprint()),
             None => None,
         };
         let mut cached = Vec::with_capacity(pending.len());
