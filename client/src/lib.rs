@@ -433,7 +433,11 @@ impl FileSystem {
         let path = parse(path)?.to_string();
         self.inner
             .master()
-            .delete(proto::DeleteRequest { path, recursive })
+            .delete(proto::DeleteRequest {
+                path,
+                recursive,
+                file_id: 0,
+            })
             .await?;
         Ok(())
     }

@@ -150,6 +150,7 @@ impl FileWriter {
         let req = proto::DeleteRequest {
             path: self.info.path.to_string(),
             recursive: false,
+            file_id: self.info.id.0,
         };
         if let Err(del) = self.fs.master().delete(req).await {
             tracing::warn!(path = %self.info.path, "cannot remove the abandoned file: {}", Error::from(del));

@@ -346,10 +346,7 @@ impl Namespace {
             }
         } else {
             let n = block_count(rec.length, rec.block_size);
-            let ids = (0..n)
-                .map(|i| BlockId::new(FileId(rec.id), i))
-                .collect::<Result<Vec<_>>>()?;
-            let cached = self.registry.cached_count(ids.into_iter()) as u64;
+            let cached = self.registry.cached_blocks_of(FileId(rec.id), n);
             (cached * 100 / n.max(1)) as u32
         };
         Ok(FileInfo {
@@ -373,6 +370,12 @@ impl Namespace {
     /// The cluster's id (see `MetaStore::cluster_id`).
     pub fn cluster_id(&self) -> &str {
         self.store.cluster_id()
+    }
+
+    /// Whether worker storage with no cluster id keeps its blocks when it adopts
+    /// this cluster (see `MetaStore::adopts_unclaimed_storage`).
+    pub fn adopts_unclaimed_storage(&self) -> bool {
+        self.store.adopts_unclaimed_storage()
     }
 
     /// The path of inode `id`, by walking up to the root.
@@ -874,7 +877,13 @@ impl Namespace {
     }
 
     /// Deletes a file or directory, in the under-store too when it is persisted.
-    pub async fn delete(&self, path: &StrataPath, recursive: bool) -> Result<()> {
+    /// With `only`, the path must still name that file (else `NotFound`).
+    pub async fn delete(
+        &self,
+        path: &StrataPath,
+        recursive: bool,
+        only: Option<FileId>,
+    ) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
         if path.is_root() {
             return Err(Error::NotPermitted {
@@ -883,6 +892,11 @@ impl Namespace {
             });
         }
         let rec = self.lookup(path).await?;
+        if only.is_some_and(|id| id.0 != rec.id) {
+            return Err(Error::NotFound {
+                path: format!("{path} (as the file it named when asked)"),
+            });
+        }
         if rec.mount_id != 0 {
             return Err(Error::NotPermitted {
                 path: path.to_string(),

@@ -246,10 +246,12 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// How many of `blocks` have at least one location.
-    pub fn cached_count(&self, blocks: impl Iterator<Item = BlockId>) -> usize {
-        let inner = self.lock();
-        blocks.filter(|b| inner.locations.contains_key(b)).count()
+    /// How many blocks of `file` below index `count` have at least one location:
+    /// one range of the map, however many blocks the file has.
+    pub fn cached_blocks_of(&self, file: FileId, count: u64) -> u64 {
+        let (lo, _) = file_block_range(file);
+        let hi = BlockId(lo.0.saturating_add(count));
+        self.lock().locations.range(lo..hi).count() as u64
     }
 
     /// Forgets every location of the given files' blocks and tells their workers to
@@ -345,7 +347,14 @@ mod tests {
                 .unwrap(),
             vec![dead]
         );
-        assert_eq!(r.cached_count([b0, b1, other].into_iter()), 3);
+        assert_eq!(r.cached_blocks_of(FileId(5), 2), 2);
+        assert_eq!(
+            r.cached_blocks_of(FileId(5), 1),
+            1,
+            "only blocks below the count"
+        );
+        assert_eq!(r.cached_blocks_of(FileId(6), 1), 1);
+        assert_eq!(r.cached_blocks_of(FileId(7), 1 << 24), 0);
         assert_eq!(r.drop_files(&[FileId(5)]), 2);
         assert!(r.locations(b1).is_empty());
         assert_eq!(r.locations(other).len(), 1);

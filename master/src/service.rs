@@ -137,7 +137,8 @@ impl FileSystemMaster for FileSystemService {
         let req = req.into_inner();
         let path = parse_path(&req.path)?;
         let ns = self.ns.clone();
-        detached(async move { ns.delete(&path, req.recursive).await }).await?;
+        let only = (req.file_id != 0).then_some(FileId(req.file_id));
+        detached(async move { ns.delete(&path, req.recursive, only).await }).await?;
         ok(proto::DeleteResponse {})
     }
 
@@ -230,6 +231,8 @@ impl BlockMaster for BlockService {
             return ok(proto::RegisterWorkerResponse {
                 worker_id: 0,
                 cluster_id,
+                keep_unclaimed_blocks: req.cluster_id.is_empty()
+                    && self.ns.adopts_unclaimed_storage(),
             });
         }
         let reg = Registration {
@@ -252,6 +255,7 @@ impl BlockMaster for BlockService {
         ok(proto::RegisterWorkerResponse {
             worker_id: id.0,
             cluster_id,
+            keep_unclaimed_blocks: false,
         })
     }
 

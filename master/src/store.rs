@@ -40,6 +40,9 @@ const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
 const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Set when the cluster id was made for a store that already had a history (made
+/// by a version without cluster ids): worker storage with no id then belongs to it.
+const KEY_CLUSTER_ID_UPGRADED: &[u8] = b"cluster_id_upgraded";
 
 /// A fresh cluster id: 128 random bits, in hex.
 fn new_cluster_id() -> Result<String> {
@@ -96,6 +99,7 @@ pub struct MetaStore {
     generation: AtomicU64,
     mounts: RwLock<Vec<MountRecord>>,
     cluster_id: String,
+    upgraded: bool,
 }
 
 impl MetaStore {
@@ -120,9 +124,11 @@ impl MetaStore {
             generation: AtomicU64::new(0),
             mounts: RwLock::new(Vec::new()),
             cluster_id: String::new(),
+            upgraded: false,
         };
         store.ensure_root()?;
         store.cluster_id = store.ensure_cluster_id()?;
+        store.upgraded = store.get_meta(KEY_CLUSTER_ID_UPGRADED)? != 0;
         store.load_mounts()?;
         Ok(store)
     }
@@ -137,10 +143,19 @@ impl MetaStore {
                 .map_err(|_| Error::internal("metastore: corrupt cluster id"));
         }
         let id = new_cluster_id()?;
-        self.db
-            .put_cf(cf, KEY_CLUSTER_ID, id.as_bytes())
-            .map_err(storage)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, KEY_CLUSTER_ID, id.as_bytes());
+        if self.applied_index()? > 0 {
+            batch.put_cf(cf, KEY_CLUSTER_ID_UPGRADED, 1u64.to_be_bytes());
+        }
+        self.db.write(batch).map_err(storage)?;
         Ok(id)
+    }
+
+    /// Whether the cluster id was made for a store that already had a history: worker
+    /// storage with no id then holds this cluster's blocks, and keeps them.
+    pub fn adopts_unclaimed_storage(&self) -> bool {
+        self.upgraded
     }
 
     /// The cluster's id.
@@ -350,7 +365,7 @@ impl MetaStore {
         for cf in ALL_CFS {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (k, v) = item.map_err(storage)?;
-                if cf == CF_META && &*k == KEY_CLUSTER_ID {
+                if cf == CF_META && (&*k == KEY_CLUSTER_ID || &*k == KEY_CLUSTER_ID_UPGRADED) {
                     continue;
                 }
                 out.push((cf.to_string(), k.to_vec(), v.to_vec()));
@@ -1127,6 +1142,26 @@ mod tests {
         assert_eq!(MetaStore::open(d1.path(), 10).unwrap().cluster_id(), id);
         // Another store (a formatted one) is another cluster.
         assert_ne!(MetaStore::open(d2.path(), 10).unwrap().cluster_id(), id);
+        assert!(!MetaStore::open(d1.path(), 10)
+            .unwrap()
+            .adopts_unclaimed_storage());
+
+        // A store with a history and no id (made before cluster ids): its id is
+        // made on open, and storage with no id is taken to be this cluster's.
+        {
+            let s = MetaStore::open(d1.path(), 10).unwrap();
+            s.apply(1, &history()[0]).unwrap();
+            s.db.delete_cf(s.cf(CF_META).unwrap(), KEY_CLUSTER_ID)
+                .unwrap();
+        }
+        let s = MetaStore::open(d1.path(), 10).unwrap();
+        assert_ne!(s.cluster_id(), id);
+        assert!(s.adopts_unclaimed_storage());
+        let again = s.cluster_id().to_string();
+        drop(s);
+        let s = MetaStore::open(d1.path(), 10).unwrap();
+        assert_eq!(s.cluster_id(), again);
+        assert!(s.adopts_unclaimed_storage());
     }
 
     #[test]

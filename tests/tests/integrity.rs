@@ -514,3 +514,103 @@ async fn a_folder_renamed_during_a_write_takes_the_file_along() {
     assert_eq!(got, data);
     c.stop().await;
 }
+
+/// Writer A's file is deleted and another made at the same path by B while A still
+/// streams. A's close fails and changes nothing: B's file keeps its bytes, in the
+/// namespace and in the under-store, and A's failure does not remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_whose_file_was_replaced_leaves_the_new_file_alone() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let opts = || CreateOptions {
+        write_type: Some(WriteType::CacheThrough),
+        ..Default::default()
+    };
+    let mut a = c.fs.create("/m", opts()).await.unwrap();
+    a.write(&pattern(2 * BS as usize, 10)).await.unwrap();
+    c.fs.delete("/m", false).await.unwrap();
+    let b_bytes = pattern(BS as usize + 3, 11);
+    let mut b = c.fs.create("/m", opts()).await.unwrap();
+    b.write(&b_bytes).await.unwrap();
+    b.close().await.unwrap();
+    a.write(&pattern(BS as usize, 12)).await.unwrap();
+    assert!(a.close().await.is_err());
+    assert_eq!(read_all(&c.fs, "/m").await, b_bytes);
+    assert_eq!(std::fs::read(c.underfs().join("m")).unwrap(), b_bytes);
+    assert_eq!(under_store_files(&c.underfs()), ["m"]);
+    c.stop().await;
+}
+
+/// A read request cannot remove or evict what storage holds: a wrong block length
+/// for a cached block is refused and the block stays; a request naming an
+/// under-store file that is not the recorded one evicts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_request_cannot_remove_or_evict_blocks() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let data = pattern(BS as usize, 13);
+    let mut w =
+        c.fs.create(
+            "/only",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&data).await.unwrap();
+    w.close().await.unwrap();
+    let blocks = c.fs.file_blocks("/only").await.unwrap();
+    std::fs::write(c.underfs().join("other"), b"other").unwrap();
+    let mut worker = worker_client(&c, 0);
+    let evicted0 = c
+        .worker_counter(strata_worker::metrics::BLOCKS_EVICTED)
+        .await;
+    let src = |block_length: u64, version: &str| proto::UfsBlockSource {
+        location: Some(proto::UfsLocation {
+            mount_uri: format!("file://{}", c.underfs().display()),
+            path: "other".into(),
+        }),
+        block_start: 0,
+        block_length,
+        fingerprint: Some(proto::UfsFingerprint {
+            length: block_length,
+            version: version.into(),
+        }),
+    };
+    let r = worker
+        .read_block(proto::ReadBlockRequest {
+            block_id: blocks.blocks[0].block_id.0,
+            offset: 0,
+            length: 1,
+            read_type: proto::ReadType::Cache as i32,
+            source: Some(src(1, "")),
+            cluster_id: blocks.cluster_id.clone(),
+        })
+        .await;
+    assert!(is_invalid_argument(r));
+    // A block id nobody holds, a block as large as the tier, a file that is not it.
+    let mut r = worker
+        .read_block(proto::ReadBlockRequest {
+            block_id: 999 << 24,
+            offset: 0,
+            length: 1,
+            read_type: proto::ReadType::Cache as i32,
+            source: Some(src(64 << 20, "not-its-version")),
+            cluster_id: blocks.cluster_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = r.message().await;
+    assert!(
+        matches!(refused.map_err(Error::from), Err(Error::UfsChanged { .. })),
+        "the file is not the one named"
+    );
+    assert_eq!(
+        c.worker_counter(strata_worker::metrics::BLOCKS_EVICTED)
+            .await,
+        evicted0
+    );
+    assert_eq!(read_all(&c.fs, "/only").await, data);
+    c.stop().await;
+}

@@ -412,7 +412,7 @@ impl UnderStore for LocalStore {
                 open_beneath(root, &relative(&rel)?, libc::O_RDONLY | libc::O_NONBLOCK)
             })
             .await?;
-        let expect = expect.clone();
+        let want = expect.clone();
         let display = self.display(path);
         let checked = blocking(move || -> Result<std::fs::File> {
             // The fingerprint is taken from the descriptor that will be read, so the
@@ -431,7 +431,7 @@ impl UnderStore for LocalStore {
                 length: u64::try_from(st.st_size).unwrap_or(0),
                 version: version_of(&st),
             };
-            if let Some(reason) = expect.mismatch(&found) {
+            if let Some(reason) = want.mismatch(&found) {
                 return Err(Error::UfsChanged {
                     path: display,
                     reason,
@@ -443,7 +443,16 @@ impl UnderStore for LocalStore {
             Ok(file)
         })
         .await??;
-        Ok(Box::pin(tokio::fs::File::from_std(checked).take(length)))
+        let probe = checked
+            .try_clone()
+            .map_err(|e| to_error(self.display(path), e.into()))?;
+        Ok(Box::pin(CheckedReader {
+            inner: tokio::fs::File::from_std(checked).take(length),
+            probe,
+            expect: expect.clone(),
+            display: self.display(path),
+            checked: false,
+        }))
     }
 
     async fn create(&self, path: &UfsPath, key: u64) -> Result<Box<dyn UfsWriter>> {
@@ -594,6 +603,45 @@ impl UnderStore for LocalStore {
             Err(f) if f.errno() == Some(libc::EEXIST) => Err(to_error(self.display(dst), f)),
             Err(f) => Err(to_error(self.display(src), f)),
         }
+    }
+}
+
+/// A range of a file checked at both ends: the fingerprint was checked on the
+/// descriptor at open, and is checked again on it when the range has been read, so
+/// a file rewritten in place during the read (old and new bytes mixed) ends the
+/// read with [`Error::UfsChanged`] instead of a clean end of stream.
+struct CheckedReader {
+    inner: tokio::io::Take<tokio::fs::File>,
+    probe: std::fs::File,
+    expect: UfsFingerprint,
+    display: String,
+    checked: bool,
+}
+
+impl tokio::io::AsyncRead for CheckedReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 && !this.checked {
+            this.checked = true;
+            let st = sys::fstat(this.probe.as_fd())?;
+            let found = UfsFingerprint {
+                length: u64::try_from(st.st_size).unwrap_or(0),
+                version: version_of(&st),
+            };
+            if let Some(reason) = this.expect.mismatch(&found) {
+                return std::task::Poll::Ready(Err(io::Error::other(Error::UfsChanged {
+                    path: this.display.clone(),
+                    reason: format!("while it was read: {reason}"),
+                })));
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -1122,6 +1170,31 @@ mod tests {
             Err(Error::UfsChanged { .. })
         ));
         assert_eq!(read_all(&store, &f, 2, 3).await, b"cde");
+    }
+
+    #[tokio::test]
+    async fn a_file_rewritten_in_place_during_a_read_fails_the_read() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path());
+        let f = p("f");
+        let fp = write_file(&store, &f, b"0123456789").await.fingerprint();
+        let mut r = store.open_range(&f, 0, 10, &fp).await.unwrap();
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).await.unwrap();
+        // Rewritten in place, same length; its mtime moved on explicitly, so the
+        // test does not depend on the clock's granularity.
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        file.write_all_at(b"abcdefghij", 0).unwrap();
+        let mtime = file.metadata().unwrap().modified().unwrap();
+        file.set_modified(mtime + Duration::from_secs(1)).unwrap();
+        let mut rest = Vec::new();
+        let err = r.read_to_end(&mut rest).await.unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<Error>());
+        assert!(matches!(inner, Some(Error::UfsChanged { .. })), "{err}");
     }
 
     #[tokio::test]

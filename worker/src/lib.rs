@@ -283,7 +283,13 @@ async fn register(d: &HeartbeatDeps) -> Result<u64> {
             ));
         }
         if resp.cluster_id != storage_cluster || resp.worker_id == 0 {
-            let dropped = d.store.adopt_cluster(&resp.cluster_id)?;
+            let keep = resp.keep_unclaimed_blocks && storage_cluster.is_empty();
+            let store = d.store.clone();
+            let cluster = resp.cluster_id.clone();
+            // Emptying a large tier takes a while: off the async threads.
+            let dropped = tokio::task::spawn_blocking(move || store.adopt_cluster(&cluster, keep))
+                .await
+                .map_err(|e| Error::internal(format!("adopting the cluster: {e}")))??;
             tracing::warn!(
                 cluster = %resp.cluster_id,
                 previous = %storage_cluster,

@@ -104,6 +104,10 @@ async fn read_chunk(reader: &mut UfsReader, path: &str) -> Result<Bytes> {
 /// that is gone or unreadable.
 fn ufs_read_error(path: &str, e: std::io::Error) -> Error {
     use std::io::ErrorKind as K;
+    // A backend that knows what went wrong says so with a Strata error.
+    if let Some(known) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        return known.clone();
+    }
     let temporary = matches!(
         e.kind(),
         K::TimedOut
@@ -146,18 +150,11 @@ impl DataService {
         tx: mpsc::Sender<Chunk>,
     ) {
         let display = format!("{}/{}", src.location.mount_uri, src.location.relative());
-        let mut temp = match self.store.begin(src.block_length) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(block = %req.block_id, "not caching read-through block: {e}");
-                None
-            }
-        };
         let result = self
-            .read_through_inner(&req, &src, &display, &mut temp, &tx)
+            .read_through_inner(&req, &src, &display, true, &tx)
             .await;
         match result {
-            Ok(()) => {
+            Ok(temp) => {
                 // The client has its bytes: end its stream before talking to the master.
                 drop(tx);
                 if let Some(t) = temp {
@@ -194,14 +191,14 @@ impl DataService {
         req: &ReadBlock,
         src: &UfsBlockSource,
         display: &str,
-        temp: &mut Option<TempBlock>,
+        cache: bool,
         tx: &mpsc::Sender<Chunk>,
-    ) -> Result<()> {
+    ) -> Result<Option<TempBlock>> {
         let ufs = self.ufs.get(&src.location.mount_uri)?;
         let path = UfsPath::from(&src.location);
         let (want_start, want_end) = (req.offset, req.offset + req.length);
         // Without a block to fill, read only what the client wants.
-        let (start, len) = if temp.is_some() {
+        let (start, len) = if cache {
             (0, src.block_length)
         } else {
             (req.offset, req.length)
@@ -209,6 +206,19 @@ impl DataService {
         let mut reader = ufs
             .open_range(&path, src.block_start + start, len, &src.fingerprint)
             .await?;
+        // Room is made only now that the file is known to be the recorded one: a
+        // request naming a file that is not cannot evict anything.
+        let mut temp = if cache {
+            match self.store.begin(src.block_length) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(block = %req.block_id, "not caching read-through block: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let from_ufs = self.metrics.counter(BYTES_READ_UFS);
         let mut pos = start;
         let mut client_alive = true;
@@ -229,11 +239,10 @@ impl DataService {
             }
             pos += n;
             if !client_alive && temp.is_none() {
-                return Ok(());
+                return Ok(None);
             }
         }
         if pos != start + len {
-            *temp = None;
             return Err(Error::UnderStore {
                 path: display.to_string(),
                 reason: format!(
@@ -244,7 +253,7 @@ impl DataService {
                 temporary: false,
             });
         }
-        Ok(())
+        Ok(temp)
     }
 
     async fn write_file(
@@ -375,7 +384,9 @@ impl DataService {
                 rest = &rest[n..];
                 pos += n as u64;
                 if pos % h.block_size == 0 {
-                    if let Some(full) = cur.take() {
+                    if let Some(mut full) = cur.take() {
+                        // Closed now: a long write holds one open block file.
+                        full.seal(h.sync)?;
                         pending.push_back((index, full));
                     }
                     index += 1;
@@ -439,14 +450,19 @@ impl WorkerService for WorkerGrpc {
         let req = ReadBlock::try_from(req.into_inner())?;
         svc.check_cluster(&req.cluster_id)?;
         let (tx, rx) = mpsc::channel(4);
-        let mut cached = svc.store.open_block(req.block_id);
+        let cached = svc.store.open_block(req.block_id);
         if let (Some((_, len)), Some(src)) = (&cached, &req.source) {
             if *len != src.block_length {
-                // Not the block the file's record describes: never serve it.
-                tracing::warn!(block = %req.block_id, cached = len, expected = src.block_length,
-                    "cached block has the wrong length; dropping it");
-                svc.store.remove(req.block_id);
-                cached = None;
+                // The request and the cached block disagree on what the block is:
+                // serve nothing. (The block stays: a request cannot remove it.)
+                return Err(Error::invalid_argument(
+                    "source.block_length",
+                    format!(
+                        "block {} is cached with {len} bytes, not {}",
+                        req.block_id, src.block_length
+                    ),
+                )
+                .into());
             }
         }
         if let Some((file, len)) = cached {
@@ -484,9 +500,8 @@ impl WorkerService for WorkerGrpc {
                     tokio::spawn(async move {
                         let display =
                             format!("{}/{}", src.location.mount_uri, src.location.relative());
-                        let mut none = None;
                         if let Err(e) = svc
-                            .read_through_inner(&req, &src, &display, &mut none, &tx)
+                            .read_through_inner(&req, &src, &display, false, &tx)
                             .await
                         {
                             let _ = tx.send(Err(e.into())).await;

@@ -35,6 +35,9 @@ struct State {
     blocks: HashMap<BlockId, Entry>,
     lru: BTreeMap<u64, BlockId>,
     next_seq: u64,
+    // Bumped when the storage is adopted by another cluster: a block begun before
+    // cannot be committed after (its bytes may belong to the old cluster's file).
+    epoch: u64,
     used: u64,
     reserved: u64,
     // Last change of each block since the previous heartbeat: true added, false removed.
@@ -127,9 +130,13 @@ impl Drop for FilePin {
 /// A block being written: a temporary file, removed unless committed.
 pub struct TempBlock {
     path: PathBuf,
+    // Open while being written; closed (and fsynced if asked) once sealed, so a
+    // long write holds one descriptor, not one per block.
     file: Option<File>,
     written: u64,
     reservation: Reservation,
+    epoch: u64,
+    committed: bool,
 }
 
 impl TempBlock {
@@ -157,11 +164,22 @@ impl TempBlock {
     pub fn written(&self) -> u64 {
         self.written
     }
+
+    /// Closes the block's file (fsynced first when `sync`): nothing more will be
+    /// written, and it waits, closed, to be committed.
+    pub fn seal(&mut self, sync: bool) -> Result<()> {
+        if let Some(file) = self.file.take() {
+            if sync {
+                file.sync_all().map_err(|e| write_error(&self.path, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TempBlock {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -247,32 +265,57 @@ impl BlockStore {
 
     /// Makes this storage `cluster`'s: if it belonged to another (or to none), every
     /// block is dropped first, since block ids of another cluster's files may name
-    /// different files here. Returns how many blocks were dropped.
-    pub fn adopt_cluster(&self, cluster: &str) -> Result<usize> {
+    /// different files here; blocks being written then can no longer be committed.
+    /// `keep_blocks` keeps them instead: only for storage that never had an id, when
+    /// the master says its cluster is the one that storage served before cluster ids
+    /// existed. Returns how many blocks were dropped.
+    pub fn adopt_cluster(&self, cluster: &str, keep_blocks: bool) -> Result<usize> {
         let mut current = self.cluster_id.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_deref() == Some(cluster) {
             return Ok(0);
         }
-        let mut st = self.lock();
-        let ids: Vec<BlockId> = st.blocks.keys().copied().collect();
-        for id in &ids {
-            st.forget(*id);
-            if let Err(e) = std::fs::remove_file(self.block_path(*id)) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(write_error(&self.block_path(*id), e));
+        let dropped = {
+            let mut st = self.lock();
+            st.epoch += 1;
+            if keep_blocks {
+                0
+            } else {
+                let ids: Vec<BlockId> = st.blocks.keys().copied().collect();
+                for id in &ids {
+                    st.forget(*id);
+                }
+                // The master never linked them: nothing to report.
+                st.changes.clear();
+                ids.len()
+            }
+        };
+        if !keep_blocks {
+            // By folder, not by index: a block file the index lost track of (an
+            // unlink that failed) must not survive into the new cluster either.
+            let io = |e: std::io::Error| write_error(&self.dir, e);
+            for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let numeric = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u64>().is_ok());
+                if numeric {
+                    match std::fs::remove_file(entry.path()) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(write_error(&entry.path(), e))
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
-        // The master never linked them: nothing to report.
-        st.changes.clear();
-        drop(st);
         let path = self.dir.join(CLUSTER_ID_FILE);
         let temp = self.tmp_dir.join(CLUSTER_ID_FILE);
         std::fs::write(&temp, cluster)
             .and_then(|_| std::fs::rename(&temp, &path))
             .map_err(|e| write_error(&path, e))?;
         *current = Some(cluster.to_string());
-        Ok(ids.len())
+        Ok(dropped)
     }
 
     /// Folder of the tier.
@@ -340,11 +383,12 @@ impl BlockStore {
 
     /// Starts a block of at most `max_len` bytes, evicting to make room.
     pub fn begin(self: &Arc<Self>, max_len: u64) -> Result<TempBlock> {
-        {
+        let epoch = {
             let mut st = self.lock();
             self.evict_until(&mut st, max_len)?;
             st.reserved += max_len;
-        }
+            st.epoch
+        };
         let reservation = Reservation {
             store: self.clone(),
             bytes: max_len,
@@ -358,29 +402,25 @@ impl BlockStore {
             file: Some(file),
             written: 0,
             reservation,
+            epoch,
+            committed: false,
         })
     }
 
     /// Makes a written block visible under `id` (fsynced first when `sync`).
     pub fn commit(&self, id: BlockId, mut temp: TempBlock, sync: bool) -> Result<u64> {
-        let file = temp
-            .file
-            .take()
-            .ok_or_else(|| Error::internal("block committed twice"))?;
-        let fail = |e: std::io::Error| write_error(&self.block_path(id), e);
-        if sync {
-            if let Err(e) = file.sync_all() {
-                let _ = std::fs::remove_file(&temp.path);
-                return Err(fail(e));
-            }
-        }
-        drop(file);
+        // A block sealed earlier was fsynced then if it had to be.
+        temp.seal(sync)?;
         let len = temp.written;
         let mut st = self.lock();
-        if let Err(e) = std::fs::rename(&temp.path, self.block_path(id)) {
-            let _ = std::fs::remove_file(&temp.path);
-            return Err(fail(e));
+        if st.epoch != temp.epoch {
+            return Err(Error::unavailable(format!(
+                "block {id}: this worker's storage was adopted by another cluster during the write"
+            )));
         }
+        std::fs::rename(&temp.path, self.block_path(id))
+            .map_err(|e| write_error(&self.block_path(id), e))?;
+        temp.committed = true;
         st.insert(id, len);
         st.changes.insert(id, true);
         drop(st);
@@ -571,15 +611,19 @@ mod tests {
             assert_eq!(s.cluster_id(), None);
             put(&s, 7, 10);
             // New storage adopted by its first cluster: blocks of unknown origin go.
-            assert_eq!(s.adopt_cluster("c1").unwrap(), 1);
+            assert_eq!(s.adopt_cluster("c1", false).unwrap(), 1);
             put(&s, 8, 20);
-            assert_eq!(s.adopt_cluster("c1").unwrap(), 0, "same cluster: kept");
+            assert_eq!(
+                s.adopt_cluster("c1", false).unwrap(),
+                0,
+                "same cluster: kept"
+            );
         }
         let s = BlockStore::open(dir.path(), 1000, m()).unwrap();
         assert_eq!(s.cluster_id().as_deref(), Some("c1"));
         assert!(s.contains(BlockId(8)));
         // The cluster was formatted: a new id, and nothing of the old one survives.
-        assert_eq!(s.adopt_cluster("c2").unwrap(), 1);
+        assert_eq!(s.adopt_cluster("c2", false).unwrap(), 1);
         assert!(!s.contains(BlockId(8)));
         assert_eq!(s.used(), 0);
         assert!(!dir.path().join("8").exists());
@@ -588,6 +632,46 @@ mod tests {
         let s = BlockStore::open(dir.path(), 1000, m()).unwrap();
         assert_eq!(s.cluster_id().as_deref(), Some("c2"));
         assert!(s.full_report().0.is_empty());
+    }
+
+    #[test]
+    fn a_block_begun_before_an_adoption_is_never_committed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
+        s.adopt_cluster("c1", false).unwrap();
+        let mut t = s.begin(100).unwrap();
+        t.write(b"old cluster's bytes").unwrap();
+        t.seal(false).unwrap();
+        // A stray block file the index does not know of.
+        std::fs::write(dir.path().join("9"), b"stray").unwrap();
+        s.adopt_cluster("c2", false).unwrap();
+        assert!(matches!(
+            s.commit(BlockId(7), t, false),
+            Err(Error::Unavailable { .. })
+        ));
+        assert!(!s.contains(BlockId(7)));
+        assert!(!dir.path().join("7").exists());
+        assert!(
+            !dir.path().join("9").exists(),
+            "emptied by folder, not by index"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+            0
+        );
+        // Blocks begun after the adoption commit as usual.
+        put(&s, 8, 10);
+        assert!(s.contains(BlockId(8)));
+    }
+
+    #[test]
+    fn storage_without_an_id_can_be_adopted_with_its_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlockStore::open(dir.path(), 1000, Arc::new(WorkerMetrics::default())).unwrap();
+        put(&s, 5, 10);
+        assert_eq!(s.adopt_cluster("c1", true).unwrap(), 0);
+        assert!(s.contains(BlockId(5)));
+        assert_eq!(s.cluster_id().as_deref(), Some("c1"));
     }
 
     #[test]
