@@ -61,3 +61,40 @@ fn client_and_common_stay_light() {
         }
     }
 }
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `scripts/dev test` runs the doc tests of `strata-client` and `strata-common`
+/// only (a workspace-wide doc-test build would compile RocksDB a second time). So
+/// a doc example anywhere else would never run: keep them out.
+#[test]
+fn doc_examples_live_only_where_doc_tests_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut offenders = Vec::new();
+    for krate in ["ufs", "master", "worker", "cli", "tests", "bench"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            if text.lines().any(|l| {
+                l.trim_start().starts_with("/// ```") || l.trim_start().starts_with("//! ```")
+            }) {
+                offenders.push(f.display().to_string());
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "doc examples outside strata-client and strata-common never run: {offenders:?}"
+    );
+}
