@@ -406,6 +406,21 @@ impl Namespace {
         expected_block_length(&rec, b.index()) == Some(length)
     }
 
+    /// Whether a block cut from a write at `block_size` may be block `b`: only when
+    /// that is the file's block size.
+    pub fn written_at_block_size(&self, b: BlockId, block_size: u64) -> Result<()> {
+        match self.store.get_inode(b.file().0)? {
+            Some(rec) if rec.block_size != block_size => Err(Error::invalid_argument(
+                "block_size",
+                format!(
+                    "block {b} was cut at {block_size} bytes; its file's block size is {}",
+                    rec.block_size
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a block read through from the under-store copy `fingerprint` may be
     /// recorded as block `b`: the file's record must still name that very copy.
     pub fn read_through_is_current(&self, b: BlockId, fingerprint: &UfsFingerprint) -> Result<()> {

@@ -299,6 +299,9 @@ impl BlockMaster for BlockService {
             self.ns
                 .read_through_is_current(block, &UfsFingerprint::try_from(f)?)?;
         }
+        if req.block_size != 0 {
+            self.ns.written_at_block_size(block, req.block_size)?;
+        }
         match self
             .registry
             .commit(WorkerId(req.worker_id), block, req.length, |b, len| {

@@ -614,3 +614,67 @@ async fn a_read_request_cannot_remove_or_evict_blocks() {
     assert_eq!(read_all(&c.fs, "/only").await, data);
     c.stop().await;
 }
+
+/// A write stream that cuts a file at another block size than the file's: blocks
+/// of a fitting length but other bytes. The master refuses them and the worker
+/// drops them, so none is ever served as the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_cut_at_another_block_size_are_refused() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let w =
+        c.fs.create(
+            "/cut-at-8k",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                block_size: Some(8192),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let file_id = w.info().id.0;
+    let cluster_id = cluster_id(&c).await;
+    let data = pattern(3 * 4096, 14);
+    let msgs = vec![
+        proto::WriteFileRequest {
+            msg: Some(Msg::Header(proto::WriteFileHeader {
+                file_id,
+                block_size: 4096,
+                write_type: proto::WriteType::MustCache as i32,
+                ufs: None,
+                sync: false,
+                cluster_id,
+            })),
+        },
+        proto::WriteFileRequest {
+            msg: Some(Msg::Data(data.clone().into())),
+        },
+        proto::WriteFileRequest {
+            msg: Some(Msg::End(proto::WriteFileEnd {
+                length: data.len() as u64,
+            })),
+        },
+    ];
+    let answer = worker_client(&c, 0)
+        .write_file(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.cached_blocks.is_empty(), "{answer:?}");
+    master_client(&c)
+        .complete_file(proto::CompleteFileRequest {
+            file_id,
+            length: data.len() as u64,
+            persisted: false,
+            ufs_fingerprint: None,
+            ufs: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        c.fs.get_status("/cut-at-8k").await.unwrap().cached_percent,
+        0
+    );
+    drop(w);
+    c.stop().await;
+}

@@ -45,15 +45,14 @@ impl MasterLink {
         })
     }
 
-    /// Tells the master a block is now here. `source` is set for a block read
-    /// through from the under-store: the file it was read from, which the master
-    /// checks is still the file's recorded copy. Before registration this does
-    /// nothing (registration reports the block).
+    /// Tells the master a block is now here, and how it was made, which the master
+    /// checks against the file's record. Before registration this does nothing
+    /// (registration reports the block).
     pub async fn commit_block(
         &self,
         block: BlockId,
         length: u64,
-        source: Option<&UfsFingerprint>,
+        origin: Origin<'_>,
     ) -> Result<()> {
         let worker_id = self.worker_id.load(Ordering::Acquire);
         if worker_id == 0 {
@@ -63,11 +62,30 @@ impl MasterLink {
             worker_id,
             block_id: block.0,
             length,
-            ufs_fingerprint: source.cloned().map(Into::into),
+            ufs_fingerprint: match origin {
+                Origin::ReadThrough(f) => Some(f.clone().into()),
+                Origin::Written { .. } => None,
+            },
+            block_size: match origin {
+                Origin::ReadThrough(_) => 0,
+                Origin::Written { block_size } => block_size,
+            },
         };
         self.client.clone().commit_block(req).await?;
         Ok(())
     }
+}
+
+/// How a block came to a worker.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// Read through from this under-store copy of the file.
+    ReadThrough(&'a UfsFingerprint),
+    /// Cut from a client's write at this block size.
+    Written {
+        /// The block size the write used.
+        block_size: u64,
+    },
 }
 
 /// What a worker needs to start.

@@ -9,7 +9,7 @@ use crate::metrics::{
     WorkerMetrics, BYTES_READ_CACHE, BYTES_READ_UFS, BYTES_WRITTEN_CACHE, BYTES_WRITTEN_UFS,
 };
 use crate::store::{BlockStore, TempBlock};
-use crate::MasterLink;
+use crate::{MasterLink, Origin};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use std::os::unix::fs::FileExt;
@@ -180,7 +180,11 @@ impl DataService {
                 return;
             }
         };
-        if let Err(e) = self.master.commit_block(id, len, Some(source)).await {
+        if let Err(e) = self
+            .master
+            .commit_block(id, len, Origin::ReadThrough(source))
+            .await
+        {
             tracing::info!(block = %id, "read-through block not kept: {e}");
             self.store.remove(id);
         }
@@ -309,9 +313,22 @@ impl DataService {
         for (index, temp) in pending {
             let id = BlockId::new(header.file_id, index)?;
             let len = self.store.commit(id, temp, header.sync)?;
-            if let Err(e) = self.master.commit_block(id, len, None).await {
+            let origin = Origin::Written {
+                block_size: header.block_size,
+            };
+            match self.master.commit_block(id, len, origin).await {
+                Ok(()) => {}
                 // The next heartbeat reports it again.
-                tracing::warn!(block = %id, "commit to master failed: {e}");
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(block = %id, "commit to master failed: {e}")
+                }
+                // The master refuses it (the file is gone, or the block does not fit
+                // it): storage does not keep what the namespace does not vouch for.
+                Err(e) => {
+                    tracing::info!(block = %id, "written block refused: {e}");
+                    self.store.remove(id);
+                    continue;
+                }
             }
             cached.push(id.0);
         }
