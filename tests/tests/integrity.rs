@@ -678,3 +678,85 @@ async fn blocks_cut_at_another_block_size_are_refused() {
     drop(w);
     c.stop().await;
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A long write holds one open block file, not one per block written so far: its
+/// full blocks are closed as they fill (the worker runs in this process, so its
+/// descriptors are ours to count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_write_holds_one_open_block_file() {
+    const BLOCKS: u64 = 200;
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let w =
+        c.fs.create(
+            "/long",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                block_size: Some(4096),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let file_id = w.info().id.0;
+    let cluster_id = cluster_id(&c).await;
+    let written0 = c.worker_counter(BYTES_WRITTEN_CACHE).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut client = worker_client(&c, 0);
+    let call = tokio::spawn(async move {
+        client
+            .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(proto::WriteFileRequest {
+        msg: Some(Msg::Header(proto::WriteFileHeader {
+            file_id,
+            block_size: 4096,
+            write_type: proto::WriteType::MustCache as i32,
+            ufs: None,
+            sync: false,
+            cluster_id,
+        })),
+    })
+    .await
+    .unwrap();
+    let before = open_fds();
+    for i in 0..BLOCKS {
+        tx.send(proto::WriteFileRequest {
+            msg: Some(Msg::Data(pattern(4096, i).into())),
+        })
+        .await
+        .unwrap();
+    }
+    for _ in 0..500 {
+        if c.worker_counter(BYTES_WRITTEN_CACHE).await - written0 >= BLOCKS * 4096 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        c.worker_counter(BYTES_WRITTEN_CACHE).await - written0,
+        BLOCKS * 4096
+    );
+    let during = open_fds();
+    assert!(
+        during < before + 20,
+        "{} descriptors opened for {BLOCKS} blocks in flight",
+        during.saturating_sub(before)
+    );
+    tx.send(proto::WriteFileRequest {
+        msg: Some(Msg::End(proto::WriteFileEnd {
+            length: BLOCKS * 4096,
+        })),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let answer = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.cached_blocks.len() as u64, BLOCKS);
+    drop(w);
+    c.stop().await;
+}
