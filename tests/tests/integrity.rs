@@ -760,3 +760,85 @@ async fn a_long_write_holds_one_open_block_file() {
     drop(w);
     c.stop().await;
 }
+
+/// A client that names an under-store folder nobody mounted cannot make a worker
+/// write or read there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_touch_only_mounted_under_stores() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let elsewhere = c.new_folder("not-mounted");
+    std::fs::write(elsewhere.join("secret"), b"secret").unwrap();
+    let cluster_id = cluster_id(&c).await;
+    let location = |path: &str| proto::UfsLocation {
+        mount_uri: format!("file://{}", elsewhere.display()),
+        path: path.into(),
+    };
+    let msgs = vec![
+        proto::WriteFileRequest {
+            msg: Some(Msg::Header(proto::WriteFileHeader {
+                file_id: 4242,
+                block_size: 4096,
+                write_type: proto::WriteType::Through as i32,
+                ufs: Some(location("planted")),
+                sync: false,
+                cluster_id: cluster_id.clone(),
+            })),
+        },
+        proto::WriteFileRequest {
+            msg: Some(Msg::Data(bytes::Bytes::from_static(b"planted"))),
+        },
+        proto::WriteFileRequest {
+            msg: Some(Msg::End(proto::WriteFileEnd { length: 7 })),
+        },
+    ];
+    let mut worker = worker_client(&c, 0);
+    let written = worker.write_file(futures::stream::iter(msgs)).await;
+    assert!(
+        matches!(
+            written.map_err(Error::from),
+            Err(Error::NotPermitted { .. })
+        ),
+        "a write to an unmounted folder"
+    );
+    let read = worker
+        .read_block(proto::ReadBlockRequest {
+            block_id: 4242 << 24,
+            offset: 0,
+            length: 6,
+            read_type: proto::ReadType::NoCache as i32,
+            source: Some(proto::UfsBlockSource {
+                location: Some(location("secret")),
+                block_start: 0,
+                block_length: 6,
+                fingerprint: Some(proto::UfsFingerprint {
+                    length: 6,
+                    version: String::new(),
+                }),
+            }),
+            cluster_id,
+        })
+        .await;
+    assert!(
+        matches!(
+            read.map(|_| ()).map_err(Error::from),
+            Err(Error::NotPermitted { .. })
+        ),
+        "a read of an unmounted folder"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["secret"]);
+    // Mounted afterwards, it is served.
+    c.fs.mount(
+        "/elsewhere",
+        &format!("file://{}", elsewhere.display()),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_all(&c.fs, "/elsewhere/secret").await, b"secret");
+    c.stop().await;
+}

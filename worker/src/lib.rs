@@ -18,7 +18,8 @@ use store::BlockStore;
 use strata_common::config::SiteConfig;
 use strata_common::ids::BlockId;
 use strata_common::proto::{
-    self, block_master_client::BlockMasterClient, worker_service_server::WorkerServiceServer,
+    self, block_master_client::BlockMasterClient,
+    file_system_master_client::FileSystemMasterClient, worker_service_server::WorkerServiceServer,
     MAX_MESSAGE_BYTES,
 };
 use strata_common::types::UfsFingerprint;
@@ -29,6 +30,7 @@ use tonic::transport::Channel;
 /// The worker's connection to the master, and the id the master gave it.
 pub struct MasterLink {
     client: BlockMasterClient<Channel>,
+    namespace: FileSystemMasterClient<Channel>,
     worker_id: AtomicU64,
 }
 
@@ -40,9 +42,21 @@ impl MasterLink {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(MasterLink {
-            client: BlockMasterClient::new(channel),
+            client: BlockMasterClient::new(channel.clone()),
+            namespace: FileSystemMasterClient::new(channel),
             worker_id: AtomicU64::new(0),
         })
+    }
+
+    /// The under-store URIs mounted in the namespace now.
+    pub async fn mounted_uris(&self) -> Result<Vec<String>> {
+        let table = self
+            .namespace
+            .clone()
+            .get_mount_table(proto::GetMountTableRequest {})
+            .await?
+            .into_inner();
+        Ok(table.mounts.into_iter().map(|m| m.uri).collect())
     }
 
     /// Tells the master a block is now here, and how it was made, which the master
@@ -215,6 +229,7 @@ pub async fn start(deps: WorkerDeps) -> Result<WorkerHandle> {
     let svc = Arc::new(service::DataService {
         store: store.clone(),
         ufs: Arc::new(strata_ufs::StoreCache::default()),
+        mounted: tokio::sync::Mutex::new(service::MountedUris::default()),
         metrics: metrics.clone(),
         master: master.clone(),
     });

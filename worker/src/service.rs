@@ -34,7 +34,22 @@ pub struct DataService {
     pub(crate) ufs: Arc<StoreCache>,
     pub(crate) metrics: Arc<WorkerMetrics>,
     pub(crate) master: Arc<MasterLink>,
+    pub(crate) mounted: tokio::sync::Mutex<MountedUris>,
 }
+
+/// The under-store URIs the master has mounted, as last asked.
+#[derive(Default)]
+pub struct MountedUris {
+    uris: std::collections::HashSet<String>,
+    asked: Option<std::time::Instant>,
+}
+
+/// How often a request naming an unknown URI may make the worker ask the master
+/// again (a mount made since): at most this often, whatever clients send.
+const MOUNT_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long the worker trusts its copy of the mount table (an unmount is seen
+/// within this).
+const MOUNT_TABLE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn chunk(data: Bytes) -> Chunk {
     Ok(proto::ReadBlockResponse { data })
@@ -126,6 +141,30 @@ fn ufs_read_error(path: &str, e: std::io::Error) -> Error {
 }
 
 impl DataService {
+    /// The under-store at `uri`, if the master has it mounted: a client cannot make
+    /// the worker read or write any folder it names, only mounted ones.
+    async fn mounted_store(&self, uri: &str) -> Result<Arc<dyn strata_ufs::UnderStore>> {
+        let mut mounted = self.mounted.lock().await;
+        let stale = mounted.asked.is_none_or(|t| t.elapsed() >= MOUNT_TABLE_TTL);
+        if stale || !mounted.uris.contains(uri) {
+            // A URI not seen yet may have been mounted since: ask, but no more often
+            // than MOUNT_REFRESH, whatever clients send (they wait their turn).
+            if let Some(t) = mounted.asked {
+                tokio::time::sleep(MOUNT_REFRESH.saturating_sub(t.elapsed())).await;
+            }
+            mounted.uris = self.master.mounted_uris().await?.into_iter().collect();
+            mounted.asked = Some(std::time::Instant::now());
+        }
+        if !mounted.uris.contains(uri) {
+            return Err(Error::NotPermitted {
+                path: uri.to_string(),
+                reason: "is not a mounted under-store".into(),
+            });
+        }
+        drop(mounted);
+        self.ufs.get(uri)
+    }
+
     /// Refuses a request for another cluster's blocks: block ids of one cluster name
     /// other files in another (after a format), so storage serves and takes blocks
     /// only for the cluster that adopted it at registration.
@@ -198,7 +237,7 @@ impl DataService {
         cache: bool,
         tx: &mpsc::Sender<Chunk>,
     ) -> Result<Option<TempBlock>> {
-        let ufs = self.ufs.get(&src.location.mount_uri)?;
+        let ufs = self.mounted_store(&src.location.mount_uri).await?;
         let path = UfsPath::from(&src.location);
         let (want_start, want_end) = (req.offset, req.offset + req.length);
         // Without a block to fill, read only what the client wants.
@@ -282,7 +321,7 @@ impl DataService {
             .then(|| self.store.pin_file(header.file_id));
         let mut ufs_writer: Option<Box<dyn UfsWriter>> = match &header.ufs {
             Some(loc) if header.write_type.persists() => {
-                let ufs = self.ufs.get(&loc.mount_uri)?;
+                let ufs = self.mounted_store(&loc.mount_uri).await?;
                 Some(ufs.create(&UfsPath::from(loc), header.file_id.0).await?)
             }
             _ => None,
@@ -508,7 +547,7 @@ impl WorkerService for WorkerGrpc {
                 .into());
             };
             // Fail fast on a bad mount URI, before the stream starts.
-            svc.ufs.get(&src.location.mount_uri)?;
+            svc.mounted_store(&src.location.mount_uri).await?;
             match req.read_type {
                 ReadType::Cache => {
                     tokio::spawn(svc.read_through(req, src, tx));
