@@ -445,16 +445,19 @@ async fn ls_of_a_folder_of_300000_files_works_in_bounded_master_memory() {
     let port = free_port();
     let master = start_master(&mdata, &ufs, port);
     let before = master.status_kib("VmRSS");
-    let out = Command::new(BIN)
-        .args([
-            "fs",
-            "--master",
-            &format!("127.0.0.1:{port}"),
-            "ls",
-            "/lake",
-        ])
-        .output()
-        .unwrap();
+    let ls_lake = || {
+        Command::new(BIN)
+            .args([
+                "fs",
+                "--master",
+                &format!("127.0.0.1:{port}"),
+                "ls",
+                "/lake",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = ls_lake();
     assert!(
         out.status.success(),
         "{}",
@@ -481,16 +484,7 @@ async fn ls_of_a_folder_of_300000_files_works_in_bounded_master_memory() {
         "master grew by {grew_mib} MiB listing {FILES} files"
     );
     // A second listing (no load this time) works too and adds no peak.
-    let out = Command::new(BIN)
-        .args([
-            "fs",
-            "--master",
-            &format!("127.0.0.1:{port}"),
-            "ls",
-            "/lake",
-        ])
-        .output()
-        .unwrap();
+    let out = ls_lake();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().lines().count(),

@@ -42,6 +42,26 @@ async fn cluster_id(c: &MiniCluster) -> String {
     id
 }
 
+/// The first message of a raw write stream.
+fn header(
+    file_id: u64,
+    block_size: u64,
+    write_type: i32,
+    ufs: Option<proto::UfsLocation>,
+    cluster_id: String,
+) -> proto::WriteFileRequest {
+    proto::WriteFileRequest {
+        msg: Some(Msg::Header(proto::WriteFileHeader {
+            file_id,
+            block_size,
+            write_type,
+            ufs,
+            sync: false,
+            cluster_id,
+        })),
+    }
+}
+
 fn master_client(c: &MiniCluster) -> FileSystemMasterClient<tonic::transport::Channel> {
     let ch =
         tonic::transport::Endpoint::from_shared(format!("http://{}", c.config.master_addresses[0]))
@@ -139,16 +159,13 @@ async fn a_writer_cut_off_mid_stream_publishes_no_block() {
             .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    tx.send(proto::WriteFileRequest {
-        msg: Some(Msg::Header(proto::WriteFileHeader {
-            file_id,
-            block_size: BS,
-            write_type: proto::WriteType::MustCache as i32,
-            ufs: None,
-            sync: false,
-            cluster_id,
-        })),
-    })
+    tx.send(header(
+        file_id,
+        BS,
+        proto::WriteType::MustCache as i32,
+        None,
+        cluster_id,
+    ))
     .await
     .unwrap();
     for i in 0..3 {
@@ -329,16 +346,13 @@ async fn absurd_numbers_from_the_wire_are_invalid_arguments() {
     ));
 
     for block_size in [0, 1, u64::MAX] {
-        let header = proto::WriteFileRequest {
-            msg: Some(Msg::Header(proto::WriteFileHeader {
-                file_id: 99,
-                block_size,
-                write_type: proto::WriteType::MustCache as i32,
-                ufs: None,
-                sync: false,
-                cluster_id: cluster_id.clone(),
-            })),
-        };
+        let header = header(
+            99,
+            block_size,
+            proto::WriteType::MustCache as i32,
+            None,
+            cluster_id.clone(),
+        );
         let r = worker.write_file(futures::stream::iter(vec![header])).await;
         assert!(is_invalid_argument(r), "block_size {block_size}");
     }
@@ -636,16 +650,13 @@ async fn blocks_cut_at_another_block_size_are_refused() {
     let cluster_id = cluster_id(&c).await;
     let data = pattern(3 * 4096, 14);
     let msgs = vec![
-        proto::WriteFileRequest {
-            msg: Some(Msg::Header(proto::WriteFileHeader {
-                file_id,
-                block_size: 4096,
-                write_type: proto::WriteType::MustCache as i32,
-                ufs: None,
-                sync: false,
-                cluster_id,
-            })),
-        },
+        header(
+            file_id,
+            4096,
+            proto::WriteType::MustCache as i32,
+            None,
+            cluster_id,
+        ),
         proto::WriteFileRequest {
             msg: Some(Msg::Data(data.clone().into())),
         },
@@ -711,16 +722,13 @@ async fn a_long_write_holds_one_open_block_file() {
             .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    tx.send(proto::WriteFileRequest {
-        msg: Some(Msg::Header(proto::WriteFileHeader {
-            file_id,
-            block_size: 4096,
-            write_type: proto::WriteType::MustCache as i32,
-            ufs: None,
-            sync: false,
-            cluster_id,
-        })),
-    })
+    tx.send(header(
+        file_id,
+        4096,
+        proto::WriteType::MustCache as i32,
+        None,
+        cluster_id,
+    ))
     .await
     .unwrap();
     let before = open_fds();
@@ -774,16 +782,13 @@ async fn workers_touch_only_mounted_under_stores() {
         path: path.into(),
     };
     let msgs = vec![
-        proto::WriteFileRequest {
-            msg: Some(Msg::Header(proto::WriteFileHeader {
-                file_id: 4242,
-                block_size: 4096,
-                write_type: proto::WriteType::Through as i32,
-                ufs: Some(location("planted")),
-                sync: false,
-                cluster_id: cluster_id.clone(),
-            })),
-        },
+        header(
+            4242,
+            4096,
+            proto::WriteType::Through as i32,
+            Some(location("planted")),
+            cluster_id.clone(),
+        ),
         proto::WriteFileRequest {
             msg: Some(Msg::Data(bytes::Bytes::from_static(b"planted"))),
         },
