@@ -83,24 +83,7 @@ async fn master_restart_keeps_namespace_and_mounts() {
     let master = start_master(&mdata, &ufs, port);
     assert_eq!(address_after(&master.banner, "listening on").unwrap(), addr);
     let mem = mem_tempdir();
-    let _worker = Daemon::spawn(
-        Path::new(BIN),
-        &[
-            "worker",
-            "--port",
-            "0",
-            "--data-dir",
-            wdata.to_str().unwrap(),
-            "--master",
-            &addr,
-            "-D",
-            "worker.heartbeat_interval=\"100ms\"",
-            "-D",
-            &format!("worker.mem_dir={:?}", mem.path().display().to_string()),
-        ],
-        &[],
-        "worker listening on",
-    );
+    let _worker = start_worker(&wdata, mem.path(), &addr);
     let fs = client(&addr).await;
     wait_for_worker(&fs).await;
     fs.mkdir("/keep/deep/er", true).await.unwrap();
