@@ -42,6 +42,27 @@ async fn cluster_id(c: &MiniCluster) -> String {
     id
 }
 
+type WriteCall =
+    tokio::task::JoinHandle<Result<tonic::Response<proto::WriteFileResponse>, tonic::Status>>;
+
+/// A raw write stream to the first worker, fed message by message through the
+/// sender; the call ends when the sender is dropped.
+fn open_write_stream(
+    c: &MiniCluster,
+) -> (
+    tokio::sync::mpsc::Sender<proto::WriteFileRequest>,
+    WriteCall,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut client = worker_client(c, 0);
+    let call = tokio::spawn(async move {
+        client
+            .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    (tx, call)
+}
+
 /// The first message of a raw write stream.
 fn header(
     file_id: u64,
@@ -152,13 +173,7 @@ async fn a_writer_cut_off_mid_stream_publishes_no_block() {
     let cluster_id = cluster_id(&c).await;
     let written0 = c.worker_counter(BYTES_WRITTEN_CACHE).await;
     let cached0 = c.worker_counter(BLOCKS_CACHED).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut client = worker_client(&c, 0);
-    let call = tokio::spawn(async move {
-        client
-            .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let (tx, call) = open_write_stream(&c);
     tx.send(header(
         file_id,
         BS,
@@ -715,13 +730,7 @@ async fn a_long_write_holds_one_open_block_file() {
     let file_id = w.info().id.0;
     let cluster_id = cluster_id(&c).await;
     let written0 = c.worker_counter(BYTES_WRITTEN_CACHE).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut client = worker_client(&c, 0);
-    let call = tokio::spawn(async move {
-        client
-            .write_file(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let (tx, call) = open_write_stream(&c);
     tx.send(header(
         file_id,
         4096,
