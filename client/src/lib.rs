@@ -176,16 +176,12 @@ impl Inner {
         mut workers: Vec<WorkerAddress>,
         key: u64,
     ) -> Vec<WorkerAddress> {
-        // FNV-1a: stable across processes, builds and toolchains, unlike std's hasher.
-        let score = |w: &WorkerAddress| {
-            w.rpc_address
-                .bytes()
-                .chain(key.to_le_bytes())
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-                })
-        };
-        workers.sort_by_key(|w| (w.host != self.local_host, std::cmp::Reverse(score(w))));
+        workers.sort_by_key(|w| {
+            (
+                w.host != self.local_host,
+                std::cmp::Reverse(rendezvous_score(&w.rpc_address, key)),
+            )
+        });
         workers
     }
 
@@ -193,6 +189,46 @@ impl Inner {
     pub(crate) fn prefer_local(&self, mut workers: Vec<WorkerAddress>) -> Vec<WorkerAddress> {
         workers.sort_by_key(|w| w.host != self.local_host);
         workers
+    }
+}
+
+/// A 64-bit finaliser (splitmix64's): every input bit reaches every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The rendezvous weight of worker `address` for `key`. FNV-1a of the address
+/// (stable across processes, builds and toolchains, unlike std's hasher), mixed with
+/// the mixed key: without the final mix, consecutive block ids differ only in low
+/// bits that FNV's multiplications barely carry upward, and a pair of workers could
+/// take every block of a file in the same order.
+fn rendezvous_score(address: &str, key: u64) -> u64 {
+    let fnv = address.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    mix(fnv ^ mix(key))
+}
+
+#[cfg(test)]
+mod rendezvous_tests {
+    use super::rendezvous_score;
+
+    #[test]
+    fn consecutive_blocks_spread_over_any_pair_of_workers() {
+        // Every pair of loopback ports in a range, 64 consecutive blocks of a file:
+        // each worker of the pair wins a fair share, never all or nothing.
+        for a in 40_000..40_040u32 {
+            for b in (a + 1)..40_040 {
+                let (wa, wb) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+                let file = 3u64 << 24;
+                let won = (0..64)
+                    .filter(|i| rendezvous_score(&wa, file | i) > rendezvous_score(&wb, file | i))
+                    .count();
+                assert!((12..=52).contains(&won), "{wa} vs {wb}: {won} of 64");
+            }
+        }
     }
 }
 
