@@ -49,20 +49,23 @@ async fn wait_for_worker(fs: &FileSystem) {
 }
 
 fn start_master(data: &Path, ufs: &Path, port: u16) -> Daemon {
-    Daemon::spawn(
-        Path::new(BIN),
-        &[
-            "master",
-            "--port",
-            &port.to_string(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--root-ufs",
-            &format!("file://{}", ufs.display()),
-        ],
-        &[],
-        "master listening on",
-    )
+    start_master_with(data, ufs, port, &[])
+}
+
+/// A master with more arguments (`-D key=value` settings).
+fn start_master_with(data: &Path, ufs: &Path, port: u16, more: &[&str]) -> Daemon {
+    let (port, ufs) = (port.to_string(), format!("file://{}", ufs.display()));
+    let mut args = vec![
+        "master",
+        "--port",
+        &port,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--root-ufs",
+        &ufs,
+    ];
+    args.extend_from_slice(more);
+    Daemon::spawn(Path::new(BIN), &args, &[], "master listening on")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,4 +476,98 @@ async fn ls_of_a_folder_of_300000_files_works_in_bounded_master_memory() {
         String::from_utf8(out.stdout).unwrap().lines().count(),
         FILES
     );
+}
+
+/// Files in `dir` (not below it).
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A `strata fs copyFromLocal` process is killed (SIGKILL) part way through a
+/// `CACHE_THROUGH` copy, and the master is restarted after it. The restarted
+/// master grants the incomplete file a fresh lease; nobody renews it, and once it
+/// runs out the file, its staged under-store copy and its blocks are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_writer_process_is_cleaned_up_after_a_master_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let (mdata, ufs, wdata) = (
+        root.path().join("m"),
+        root.path().join("ufs"),
+        root.path().join("w"),
+    );
+    std::fs::create_dir_all(&ufs).unwrap();
+    let lease = ["-D", "master.write_lease=\"2s\""];
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let master = start_master_with(&mdata, &ufs, port, &lease);
+    let mem = mem_tempdir();
+    let _worker = start_worker(&wdata, mem.path(), &addr);
+    let fs = client(&addr).await;
+    wait_for_worker(&fs).await;
+
+    // The copy reads a FIFO that this test feeds, so it is mid-stream for as long
+    // as the test wants.
+    let fifo = root.path().join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut copy = Command::new(BIN)
+        .args(["fs", "--master", &addr, "copyFromLocal", "--write-type"])
+        .args(["CACHE_THROUGH", fifo.to_str().unwrap(), "/victim"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let feed = fifo.clone();
+    let pipe = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(feed).unwrap();
+        pipe.write_all(&pattern(3 << 20, 11)).unwrap();
+        pipe
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while files_in(&ufs).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no staged copy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let staged = files_in(&ufs);
+    assert!(
+        staged.len() == 1 && staged[0].ends_with(".strata-tmp"),
+        "{staged:?}"
+    );
+    assert!(!fs.get_status("/victim").await.unwrap().complete);
+    copy.kill().unwrap();
+    copy.wait().unwrap();
+    drop(pipe);
+
+    assert!(master.terminate().success());
+    let master = start_master_with(&mdata, &ufs, port, &lease);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let exists = fs.exists("/victim").await;
+        if matches!(exists, Ok(false)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed writer's file outlived its lease: {exists:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(files_in(&ufs), Vec::<String>::new());
+    wait_for_worker(&fs).await;
+    let blocks: u64 = fs
+        .workers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.block_count)
+        .sum();
+    assert_eq!(blocks, 0);
+    drop(master);
 }

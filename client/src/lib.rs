@@ -436,6 +436,7 @@ impl FileSystem {
             info,
             ufs,
             cluster_id: resp.cluster_id,
+            lease: writer::lease_of(resp.lease_ms),
         };
         Ok(FileWriter::new(self.inner.clone(), created, write_type))
     }

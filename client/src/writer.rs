@@ -3,7 +3,9 @@
 
 use crate::Inner;
 use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use strata_common::proto::{self, write_file_request::Msg};
 use strata_common::types::{FileInfo, UfsFingerprint, UfsLocation, WriteFileHeader, WriteType};
 use strata_common::{Error, Result};
@@ -15,6 +17,46 @@ pub(crate) struct Created {
     pub(crate) info: FileInfo,
     pub(crate) ufs: Option<UfsLocation>,
     pub(crate) cluster_id: String,
+    /// The write lease the master granted; `None` if it named none.
+    pub(crate) lease: Option<Duration>,
+}
+
+/// Longest lease the writer takes from the wire at face value (a week, as the
+/// master's own limit); the shortest is 100ms.
+const LEASE_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=7 * 24 * 3600 * 1000;
+
+/// The lease a `lease_ms` from the master describes.
+pub(crate) fn lease_of(lease_ms: u64) -> Option<Duration> {
+    (lease_ms != 0).then(|| {
+        Duration::from_millis(lease_ms.clamp(*LEASE_RANGE_MS.start(), *LEASE_RANGE_MS.end()))
+    })
+}
+
+/// Renews file `id`'s write lease three times per lease until aborted; sets `lost`
+/// when the master says the file is no longer being written. A failed renewal is
+/// retried on the next round: one lost answer does not lose the lease.
+fn renew(fs: Arc<Inner>, id: u64, lease: Duration, lost: Arc<AtomicBool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let req = proto::RenewLeaseRequest { file_ids: vec![id] };
+            match fs.master().renew_lease(req).await {
+                Ok(r) if r.get_ref().lost.contains(&id) => {
+                    lost.store(true, Ordering::Release);
+                    return;
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    tracing::debug!(
+                        file_id = id,
+                        "lease renewal failed: {}",
+                        Error::from(status)
+                    );
+                }
+            }
+        }
+    })
 }
 
 struct Stream {
@@ -24,7 +66,9 @@ struct Stream {
 
 /// A file being written. Call [`FileWriter::close`]: a writer dropped without it
 /// aborts the write on the worker (nothing reaches storage or the under-store) and
-/// leaves the file incomplete (unreadable) until it is deleted.
+/// leaves the file incomplete (unreadable) until it is deleted, or until its write
+/// lease runs out (`master.write_lease`) and the master deletes it. A live writer
+/// renews its lease in the background, however long it stays open.
 pub struct FileWriter {
     fs: Arc<Inner>,
     info: FileInfo,
@@ -35,11 +79,27 @@ pub struct FileWriter {
     buf: BytesMut,
     written: u64,
     failed: bool,
+    lease_lost: Arc<AtomicBool>,
+    renewal: Option<JoinHandle<()>>,
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if let Some(task) = self.renewal.take() {
+            task.abort();
+        }
+    }
 }
 
 impl FileWriter {
     pub(crate) fn new(fs: Arc<Inner>, created: Created, write_type: WriteType) -> Self {
+        let lease_lost = Arc::new(AtomicBool::new(false));
+        let renewal = created
+            .lease
+            .map(|lease| renew(fs.clone(), created.info.id.0, lease, lease_lost.clone()));
         FileWriter {
+            lease_lost,
+            renewal,
             fs,
             info: created.info,
             write_type,
@@ -123,14 +183,28 @@ impl FileWriter {
         }
     }
 
-    /// Appends bytes.
-    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+    /// Why the file can no longer be written, if it cannot.
+    fn check_usable(&self) -> Result<()> {
+        if self.lease_lost.load(Ordering::Acquire) {
+            return Err(Error::NotPermitted {
+                path: self.info.path.to_string(),
+                reason: "its write lease was lost (the master did not hear from this \
+                         writer within master.write_lease, or the file was deleted)"
+                    .into(),
+            });
+        }
         if self.failed {
             return Err(Error::NotPermitted {
                 path: self.info.path.to_string(),
                 reason: "an earlier write failed; the file is abandoned".into(),
             });
         }
+        Ok(())
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.check_usable()?;
         let chunk = self.fs.conf.chunk_size.0 as usize;
         self.buf.extend_from_slice(data);
         self.written += data.len() as u64;
@@ -206,12 +280,7 @@ impl FileWriter {
     /// Ends the data stream; returns the under-store copy's fingerprint when the
     /// write persists.
     async fn finish_data(&mut self) -> Result<Option<UfsFingerprint>> {
-        if self.failed {
-            return Err(Error::NotPermitted {
-                path: self.info.path.to_string(),
-                reason: "an earlier write failed; the file is abandoned".into(),
-            });
-        }
+        self.check_usable()?;
         if !self.buf.is_empty() {
             let rest = self.buf.split().freeze();
             self.send(rest).await?;

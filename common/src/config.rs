@@ -78,6 +78,9 @@ pub struct MasterConfig {
     pub min_block_size: ByteSize,
     /// Largest block size a new file may have.
     pub max_block_size: ByteSize,
+    /// How long a file being written stays without its writer renewing its lease;
+    /// past it the file (its blocks, its staged under-store copy) is deleted.
+    pub write_lease: HumanDuration,
 }
 
 /// Worker settings.
@@ -146,6 +149,7 @@ impl Default for MasterConfig {
             root_ufs: String::new(),
             min_block_size: ByteSize(4 << 10),
             max_block_size: ByteSize(4 << 30),
+            write_lease: HumanDuration(std::time::Duration::from_secs(300)),
         }
     }
 }
@@ -307,6 +311,15 @@ impl SiteConfig {
             return Err(cfg_err(
                 "master.worker_timeout",
                 "must be longer than worker.heartbeat_interval",
+            ));
+        }
+        let lease = self.master.write_lease.0;
+        if lease < std::time::Duration::from_millis(100)
+            || lease > std::time::Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(cfg_err(
+                "master.write_lease",
+                "must be between 100ms and 7 days",
             ));
         }
         if self.master.inode_cache_entries == 0 {

@@ -6,6 +6,7 @@
 //! RocksDB. Block locations are soft state in `registry`.
 
 pub mod journal;
+pub mod lease;
 pub mod namespace;
 pub mod oplock;
 pub mod registry;
@@ -53,6 +54,33 @@ impl MasterHandle {
     }
 }
 
+/// Deletes the files whose writers stopped renewing their leases, until shutdown.
+async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
+    let every = (ns.lease_duration() / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(10),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for id in ns.expired_leases(1024) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = ns.expire_lease(id).await {
+                tracing::warn!(
+                    file_id = id.0,
+                    "cannot remove a file whose lease expired: {e}"
+                );
+            }
+        }
+    }
+}
+
 /// Opens the metastore, mounts the root under-store on first start, and serves.
 pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     let cfg = deps.config;
@@ -67,6 +95,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         default_block_size: cfg.client.block_size.0,
         block_size_range: cfg.master.min_block_size.0..=cfg.master.max_block_size.0,
         pause_after_under_store: deps.pause_after_under_store,
+        write_lease: cfg.master.write_lease.0,
     })?);
     ns.ensure_root_mount(&cfg.master.root_ufs).await?;
 
@@ -86,7 +115,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let bm = BlockMasterServer::new(service::BlockService {
-        ns,
+        ns: ns.clone(),
         registry: registry.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -107,6 +136,8 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
             }
         }
     });
+
+    tokio::spawn(expire_leases(ns, shutdown.clone()));
 
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()

@@ -11,10 +11,12 @@ use crate::journal::{
     CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, Journal, LoadChildrenEntry,
     MountEntry, MountRecord, Op, RenameEntry, UnmountEntry,
 };
+use crate::lease::Leases;
 use crate::registry::Registry;
 use crate::store::{Applied, MetaStore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use strata_common::ids::{block_count, BlockId, FileId, MAX_BLOCKS_PER_FILE};
 use strata_common::types::{
     BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, UfsFingerprint,
@@ -35,6 +37,8 @@ const LOAD_BATCH: usize = 4096;
 pub const LIST_PAGE_DEFAULT: usize = 1000;
 /// The largest listing page (about 1 MiB of entries on the wire).
 pub const LIST_PAGE_MAX: usize = 10_000;
+/// Most files one lease renewal may name.
+pub const RENEW_MAX_FILES: usize = 10_000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -102,6 +106,8 @@ pub struct NamespaceDeps {
     pub block_size_range: std::ops::RangeInclusive<u64>,
     /// Where mutations stop after their under-store side effect, when armed.
     pub pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
+    /// How long a writer's lease on its incomplete file lasts unless renewed.
+    pub write_lease: std::time::Duration,
 }
 
 /// One page of a listing.
@@ -123,6 +129,7 @@ pub struct Namespace {
     block_size_range: std::ops::RangeInclusive<u64>,
     pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
     locks: crate::oplock::PathLocks,
+    leases: Leases,
     next_inode: AtomicU64,
     next_mount: AtomicU64,
     stores: StoreCache,
@@ -133,6 +140,19 @@ impl Namespace {
     pub fn new(deps: NamespaceDeps) -> Result<Self> {
         let next_inode = deps.store.last_inode_id()? + 1;
         let next_mount = deps.store.last_mount_id()? + 1;
+        // Every file being written gets a full lease from now: its writer may have
+        // been renewing with the master that stopped.
+        let leases = Leases::new(deps.write_lease);
+        let now = Instant::now();
+        let mut after = 0;
+        loop {
+            let ids = deps.store.incomplete_files(after, 4096)?;
+            let Some(&last) = ids.last() else { break };
+            for id in ids {
+                leases.grant(id, now);
+            }
+            after = last;
+        }
         Ok(Namespace {
             store: deps.store,
             journal: deps.journal,
@@ -141,6 +161,7 @@ impl Namespace {
             block_size_range: deps.block_size_range,
             pause_after_under_store: deps.pause_after_under_store,
             locks: crate::oplock::PathLocks::default(),
+            leases,
             next_inode: AtomicU64::new(next_inode),
             next_mount: AtomicU64::new(next_mount),
             stores: StoreCache::default(),
@@ -476,6 +497,11 @@ impl Namespace {
                 Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             };
+            if !hit.record.read_only {
+                self.sweep_staged(path, &hit, dir_id, &ufs, &listed.staged)
+                    .await;
+            }
+            let listed = listed.entries;
             let present: std::collections::HashSet<&str> =
                 listed.iter().map(|st| st.name.as_str()).collect();
             let mut removed_any = false;
@@ -534,6 +560,38 @@ impl Namespace {
             }
         }
         Ok(())
+    }
+
+    /// Removes the copies staged in the under-store folder of directory `dir_id`
+    /// that no writer can publish any more: their file was deleted (its lease
+    /// expired, or a delete raced the writer's start), completed, or lives in
+    /// another folder. A failure is logged; the next listing tries again.
+    async fn sweep_staged(
+        &self,
+        path: &StrataPath,
+        hit: &MountHit,
+        dir_id: u64,
+        ufs: &Arc<dyn UnderStore>,
+        staged: &[u64],
+    ) {
+        for &key in staged {
+            let live = match self.store.get_inode(key) {
+                Ok(Some(rec)) => !rec.is_dir && !rec.complete && rec.parent_id == dir_id,
+                Ok(None) => false,
+                Err(_) => true, // cannot tell: leave it
+            };
+            if live {
+                continue;
+            }
+            let removed = match hit.ufs_path() {
+                Ok(dir) => ufs.discard_in(&dir, key).await,
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(()) => tracing::info!(%path, key, "removed a stale staged copy"),
+                Err(e) => tracing::warn!(%path, key, "cannot remove a stale staged copy: {e}"),
+            }
+        }
     }
 
     /// Proposes loading `batch` (emptied) into the directory, expecting its children
@@ -761,6 +819,7 @@ impl Namespace {
             expected_parent_version: None,
         }))
         .await?;
+        self.leases.grant(file.id, Instant::now());
         Ok((self.info(path.clone(), &file)?, ufs))
     }
 
@@ -805,6 +864,7 @@ impl Namespace {
                 && rec.persisted == ufs.is_some()
                 && ufs.as_ref().is_none_or(|f| f.version == rec.ufs_version);
             if same {
+                self.leases.release(id.0);
                 return self.info(path, &rec);
             }
             return Err(Error::NotPermitted {
@@ -831,6 +891,7 @@ impl Namespace {
             ufs_version: ufs_version.unwrap_or_default(),
         }))
         .await?;
+        self.leases.release(id.0);
         // Blocks its writer reported while the length was unknown must fit it now.
         self.registry
             .retain_blocks_of(id, |b, len| self.block_is_valid(b, len));
@@ -932,6 +993,17 @@ impl Namespace {
                 });
             }
         }
+        self.remove_locked(path, &rec, recursive).await
+    }
+
+    /// Removes `rec` at `path` (whose lock the caller holds), in the under-store
+    /// first, then in the namespace; drops its files' cached blocks.
+    async fn remove_locked(
+        &self,
+        path: &StrataPath,
+        rec: &InodeRecord,
+        recursive: bool,
+    ) -> Result<()> {
         if let Some(hit) = self.mount_for(path) {
             // An incomplete file may have an under-store copy on the way: remove it too.
             if rec.is_dir || rec.persisted || (!rec.complete && !hit.record.read_only) {
@@ -958,6 +1030,81 @@ impl Namespace {
             .await?;
         self.registry.drop_files(&applied.removed_files);
         Ok(())
+    }
+
+    /// Renews the write leases of `ids`; returns those that are no longer being
+    /// written (completed, deleted, or expired): their writers have lost them.
+    pub fn renew_leases(&self, ids: &[u64]) -> Result<Vec<u64>> {
+        if ids.len() > RENEW_MAX_FILES {
+            return Err(Error::invalid_argument(
+                "file_ids",
+                format!("{} files; at most {RENEW_MAX_FILES} per renewal", ids.len()),
+            ));
+        }
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for &id in ids {
+            match self.store.get_inode(id)? {
+                Some(rec) if !rec.is_dir && !rec.complete => self.leases.grant(id, now),
+                _ => lost.push(id),
+            }
+        }
+        Ok(lost)
+    }
+
+    /// How long a write lease lasts unless renewed.
+    pub fn lease_duration(&self) -> std::time::Duration {
+        self.leases.duration()
+    }
+
+    /// Files whose write lease ran out, up to `limit`.
+    pub fn expired_leases(&self, limit: usize) -> Vec<FileId> {
+        self.leases
+            .expired(Instant::now(), limit)
+            .into_iter()
+            .map(FileId)
+            .collect()
+    }
+
+    /// Deletes file `id` if it is still being written and its lease has run out
+    /// (checked again under the path's lock, so a renewal or a completion that
+    /// got there first wins). True if it was deleted.
+    pub async fn expire_lease(&self, id: FileId) -> Result<bool> {
+        let Some(rec) = self.store.get_inode(id.0)? else {
+            self.leases.release(id.0);
+            return Ok(false);
+        };
+        if rec.is_dir || rec.complete {
+            self.leases.release(id.0);
+            return Ok(false);
+        }
+        let path = self.path_of(id.0)?;
+        let _guard = self.locks.lock(&[&path]).await;
+        if !self.leases.is_expired(id.0, Instant::now()) {
+            return Ok(false);
+        }
+        let rec = match self.store.get_inode(id.0)? {
+            Some(r) if !r.is_dir && !r.complete => r,
+            _ => {
+                self.leases.release(id.0);
+                return Ok(false);
+            }
+        };
+        if self.path_of(id.0)? != path {
+            return Ok(false); // moved with its folder meanwhile: the next pass sees it
+        }
+        match self.remove_locked(&path, &rec, false).await {
+            Ok(()) => {
+                self.leases.release(id.0);
+                tracing::info!(%path, file_id = id.0, "write lease expired: file removed");
+                Ok(true)
+            }
+            Err(e) => {
+                // Try again one lease from now rather than on every pass.
+                self.leases.grant(id.0, Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Renames `src` to `dst` (which must not exist), in the under-store too.

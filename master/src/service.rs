@@ -104,7 +104,16 @@ impl FileSystemMaster for FileSystemService {
             info: Some(info.into()),
             ufs: ufs.map(Into::into),
             cluster_id: self.ns.cluster_id().to_string(),
+            lease_ms: u64::try_from(self.ns.lease_duration().as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<proto::RenewLeaseRequest>,
+    ) -> Answer<proto::RenewLeaseResponse> {
+        let lost = self.ns.renew_leases(&req.into_inner().file_ids)?;
+        ok(proto::RenewLeaseResponse { lost })
     }
 
     async fn complete_file(

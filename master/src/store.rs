@@ -34,7 +34,17 @@ const CF_EDGES: &str = "edges";
 const CF_BLOCKS: &str = "blocks";
 const CF_MOUNTS: &str = "mounts";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 5] = [CF_INODES, CF_EDGES, CF_BLOCKS, CF_MOUNTS, CF_META];
+/// Ids of the files being written (incomplete), maintained by apply: what the
+/// master leases to writers and expires when they vanish.
+const CF_INCOMPLETE: &str = "incomplete";
+const ALL_CFS: [&str; 6] = [
+    CF_INODES,
+    CF_EDGES,
+    CF_BLOCKS,
+    CF_MOUNTS,
+    CF_META,
+    CF_INCOMPLETE,
+];
 
 const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
@@ -43,6 +53,9 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Set when the cluster id was made for a store that already had a history (made
 /// by a version without cluster ids): worker storage with no id then belongs to it.
 const KEY_CLUSTER_ID_UPGRADED: &[u8] = b"cluster_id_upgraded";
+/// Set once the incomplete-file index covers every inode (a store made before
+/// the index existed is scanned once, at open).
+const KEY_INCOMPLETE_INDEXED: &[u8] = b"incomplete_indexed";
 
 /// A fresh cluster id: 128 random bits, in hex.
 fn new_cluster_id() -> Result<String> {
@@ -127,6 +140,7 @@ impl MetaStore {
             upgraded: false,
         };
         store.ensure_root()?;
+        store.ensure_incomplete_index()?;
         store.cluster_id = store.ensure_cluster_id()?;
         store.upgraded = store.get_meta(KEY_CLUSTER_ID_UPGRADED)? != 0;
         store.load_mounts()?;
@@ -193,6 +207,54 @@ impl MetaStore {
             FileId::ROOT.0.to_be_bytes(),
         );
         self.db.write(batch).map_err(storage)
+    }
+
+    /// Builds the incomplete-file index of a store made before it existed, once.
+    fn ensure_incomplete_index(&self) -> Result<()> {
+        if self.get_meta(KEY_INCOMPLETE_INDEXED)? != 0 {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_INODES)?, IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(storage)?;
+            let rec = InodeRecord::decode(&*v)
+                .map_err(|e| Error::internal(format!("corrupt inode: {e}")))?;
+            if !rec.is_dir && !rec.complete {
+                batch.put_cf(self.cf(CF_INCOMPLETE)?, rec.id.to_be_bytes(), []);
+            }
+            if batch.len() >= 4096 {
+                self.db.write(std::mem::take(&mut batch)).map_err(storage)?;
+            }
+        }
+        batch.put_cf(
+            self.cf(CF_META)?,
+            KEY_INCOMPLETE_INDEXED,
+            1u64.to_be_bytes(),
+        );
+        self.db.write(batch).map_err(storage)
+    }
+
+    /// Ids of the files being written, in id order: up to `limit` after `after`.
+    pub fn incomplete_files(&self, after: u64, limit: usize) -> Result<Vec<u64>> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for item in self.db.iterator_cf(
+            self.cf(CF_INCOMPLETE)?,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(storage)?;
+            out.push(u64_of(&k)?);
+        }
+        Ok(out)
     }
 
     /// Reads the mount table at open; afterwards apply publishes each change itself.
@@ -365,7 +427,14 @@ impl MetaStore {
         for cf in ALL_CFS {
             for item in self.db.iterator_cf(self.cf(cf)?, IteratorMode::Start) {
                 let (k, v) = item.map_err(storage)?;
-                if cf == CF_META && (&*k == KEY_CLUSTER_ID || &*k == KEY_CLUSTER_ID_UPGRADED) {
+                if cf == CF_META
+                    && [
+                        KEY_CLUSTER_ID,
+                        KEY_CLUSTER_ID_UPGRADED,
+                        KEY_INCOMPLETE_INDEXED,
+                    ]
+                    .contains(&&*k)
+                {
                     continue;
                 }
                 out.push((cf.to_string(), k.to_vec(), v.to_vec()));
@@ -498,6 +567,17 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Records whether file `id` is being written (in the incomplete-file index).
+    fn set_incomplete(&mut self, id: u64, incomplete: bool) -> Result<()> {
+        let cf = self.store.cf(CF_INCOMPLETE)?;
+        if incomplete {
+            self.batch.put_cf(cf, id.to_be_bytes(), []);
+        } else {
+            self.batch.delete_cf(cf, id.to_be_bytes());
+        }
+        Ok(())
+    }
+
     fn put_edge(&mut self, parent: u64, name: &str, child: u64) -> Result<()> {
         self.batch.put_cf(
             self.store.cf(CF_EDGES)?,
@@ -594,6 +674,9 @@ impl<'a> Tx<'a> {
                 return Err(id_in_use(&e.path, rec.id));
             }
             self.put_edge(parent, &rec.name, rec.id)?;
+            if !rec.is_dir && !rec.complete {
+                self.set_incomplete(rec.id, true)?;
+            }
             self.put_inode(rec.clone())?;
             parent = rec.id;
         }
@@ -621,6 +704,9 @@ impl<'a> Tx<'a> {
                 return Err(id_in_use(&e.path, rec.id));
             }
             self.put_edge(e.parent_id, &rec.name, rec.id)?;
+            if !rec.is_dir && !rec.complete {
+                self.set_incomplete(rec.id, true)?;
+            }
             self.put_inode(rec.clone())?;
             added = true;
         }
@@ -665,6 +751,7 @@ impl<'a> Tx<'a> {
                 format!("{}: too many blocks", e.path),
             ));
         }
+        self.set_incomplete(rec.id, false)?;
         self.put_inode(rec)?;
         Ok(Applied::default())
     }
@@ -683,6 +770,9 @@ impl<'a> Tx<'a> {
                     stack.push(child);
                 }
             } else {
+                if !rec.complete {
+                    self.set_incomplete(cur, false)?;
+                }
                 removed.push(FileId(cur));
             }
             self.delete_inode(cur)?;
@@ -1165,6 +1255,78 @@ mod tests {
     }
 
     #[test]
+    fn the_incomplete_index_follows_create_complete_and_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 10).unwrap();
+        let create = |path: &str, parent: u64, inodes: Vec<InodeRecord>| {
+            Op::Create(CreateEntry {
+                parent_id: parent,
+                path: path.into(),
+                inodes,
+                expected_parent_version: None,
+            })
+            .into()
+        };
+        s.apply(1, &create("/d", 1, vec![dir(2, 1, "d", 1)]))
+            .unwrap();
+        for (i, id) in [3u64, 4, 5].into_iter().enumerate() {
+            let name = format!("f{id}");
+            s.apply(
+                2 + i as u64,
+                &create(&format!("/d/{name}"), 2, vec![file(id, 2, &name, 4096)]),
+            )
+            .unwrap();
+        }
+        assert_eq!(s.incomplete_files(0, 10).unwrap(), [3, 4, 5]);
+        assert_eq!(s.incomplete_files(3, 1).unwrap(), [4]);
+        assert!(s.incomplete_files(u64::MAX, 10).unwrap().is_empty());
+        s.apply(
+            5,
+            &Op::CompleteFile(CompleteFileEntry {
+                id: 4,
+                path: "/d/f4".into(),
+                length: 1,
+                persisted: false,
+                mtime_ms: 2,
+                ufs_version: String::new(),
+            })
+            .into(),
+        )
+        .unwrap();
+        assert_eq!(s.incomplete_files(0, 10).unwrap(), [3, 5]);
+        // A conflicting entry changes nothing.
+        let conflict = s.apply(6, &create("/d", 1, vec![dir(9, 1, "d", 1)]));
+        assert!(conflict.is_err());
+        assert_eq!(s.incomplete_files(0, 10).unwrap(), [3, 5]);
+        // A recursive delete takes the files being written below it out.
+        s.apply(
+            7,
+            &Op::Delete(DeleteEntry {
+                parent_id: 1,
+                name: "d".into(),
+                id: 2,
+                path: "/d".into(),
+                recursive: true,
+                mtime_ms: 3,
+            })
+            .into(),
+        )
+        .unwrap();
+        assert!(s.incomplete_files(0, 10).unwrap().is_empty());
+
+        // A store from before the index: built once at open, from the inodes.
+        s.apply(8, &create("/g", 1, vec![file(10, 1, "g", 4096)]))
+            .unwrap();
+        s.db.delete_cf(s.cf(CF_INCOMPLETE).unwrap(), 10u64.to_be_bytes())
+            .unwrap();
+        s.db.delete_cf(s.cf(CF_META).unwrap(), KEY_INCOMPLETE_INDEXED)
+            .unwrap();
+        drop(s);
+        let s = MetaStore::open(d.path(), 10).unwrap();
+        assert_eq!(s.incomplete_files(0, 10).unwrap(), [10]);
+    }
+
+    #[test]
     fn a_file_of_millions_of_blocks_costs_no_keys() {
         let d = tempfile::tempdir().unwrap();
         let s = MetaStore::open(d.path(), 10).unwrap();
@@ -1198,7 +1360,9 @@ mod tests {
             Err(Error::InvalidArgument { .. })
         ));
         s.apply(3, &complete((1 << 24) * 4096)).unwrap();
-        assert_eq!(s.dump().unwrap().len(), before);
+        // The only key that changes is the file's mark as being written.
+        assert_eq!(s.dump().unwrap().len(), before - 1);
+        assert!(s.incomplete_files(0, 10).unwrap().is_empty());
         s.apply(
             4,
             &Op::Delete(DeleteEntry {

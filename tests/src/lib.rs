@@ -30,6 +30,8 @@ pub struct ClusterOptions {
     /// Where the master's mutations stop after their under-store side effect,
     /// when armed.
     pub master_pause: Option<std::sync::Arc<strata_master::oplock::PausePoint>>,
+    /// More configuration keys, as `("master.write_lease", "\"1s\"")`.
+    pub config: Vec<(&'static str, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +43,7 @@ impl Default for ClusterOptions {
             root_ufs: true,
             chunk_size: 64 * 1024,
             master_pause: None,
+            config: Vec::new(),
         }
     }
 }
@@ -120,15 +123,14 @@ impl MiniCluster {
         } else {
             "\"\"".to_string()
         };
-        let mut config = test_config(
-            &root.path().join("master"),
-            &[
-                ("master.root_ufs", root_ufs),
-                ("client.block_size", opts.block_size.to_string()),
-                ("worker.mem_quota", opts.mem_quota.to_string()),
-                ("client.chunk_size", opts.chunk_size.to_string()),
-            ],
-        );
+        let mut keys = vec![
+            ("master.root_ufs", root_ufs),
+            ("client.block_size", opts.block_size.to_string()),
+            ("worker.mem_quota", opts.mem_quota.to_string()),
+            ("client.chunk_size", opts.chunk_size.to_string()),
+        ];
+        keys.extend(opts.config.iter().cloned());
+        let mut config = test_config(&root.path().join("master"), &keys);
         let master_stop = CancellationToken::new();
         let master = strata_master::start(strata_master::MasterDeps {
             config: config.clone(),

@@ -8,7 +8,7 @@ use strata_common::proto::{
     self, file_system_master_client::FileSystemMasterClient,
     worker_service_client::WorkerServiceClient, write_file_request::Msg,
 };
-use strata_tests::{pattern, ClusterOptions, MiniCluster};
+use strata_tests::{list_names, pattern, ClusterOptions, MiniCluster};
 use strata_worker::metrics::{BLOCKS_CACHED, BYTES_WRITTEN_CACHE};
 use tokio::io::AsyncReadExt;
 
@@ -854,5 +854,220 @@ async fn workers_touch_only_mounted_under_stores() {
     .await
     .unwrap();
     assert_eq!(read_all(&c.fs, "/elsewhere/secret").await, b"secret");
+    c.stop().await;
+}
+
+/// A cluster whose write leases last one second.
+async fn short_lease_cluster() -> MiniCluster {
+    MiniCluster::start(ClusterOptions {
+        config: vec![("master.write_lease", "\"1s\"".to_string())],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Waits (up to 30 s) until `path` no longer exists.
+async fn wait_until_gone(fs: &FileSystem, path: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs.exists(path).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} outlived its write lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (up to 10 s) until `dir` holds `n` files (a writer's stream starts on
+/// the worker asynchronously).
+async fn wait_for_files(dir: &std::path::Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while under_store_files(dir).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} holds {:?}, not {n} files",
+            dir.display(),
+            under_store_files(dir)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A writer that vanishes part way (dropped without close: no end message, no more
+/// lease renewals) leaves an incomplete file. Once its lease runs out the master
+/// removes it: the inode, the staged under-store copy, and any block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_writer_is_cleaned_up_when_its_lease_expires() {
+    let c = short_lease_cluster().await;
+    for wt in [
+        WriteType::CacheThrough,
+        WriteType::Through,
+        WriteType::MustCache,
+    ] {
+        let path = format!("/vanish-{wt}");
+        let mut w =
+            c.fs.create(
+                &path,
+                CreateOptions {
+                    write_type: Some(wt),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        w.write(&pattern(3 * BS as usize + 17, 8)).await.unwrap();
+        assert!(!c.fs.get_status(&path).await.unwrap().complete);
+        if wt.persists() {
+            wait_for_files(&c.underfs(), 1).await;
+            let staged = under_store_files(&c.underfs());
+            assert!(
+                staged.len() == 1 && staged[0].ends_with(".strata-tmp"),
+                "{wt}: the writer stages its copy: {staged:?}"
+            );
+        }
+        drop(w);
+        wait_until_gone(&c.fs, &path).await;
+        assert_eq!(
+            under_store_files(&c.underfs()),
+            Vec::<String>::new(),
+            "{wt}: the staged copy goes with the file"
+        );
+        let known: u64 =
+            c.fs.workers()
+                .await
+                .unwrap()
+                .iter()
+                .map(|w| w.block_count)
+                .sum();
+        assert_eq!(known, 0, "{wt}: no block of the vanished writer remains");
+        assert!(c.fs.list("/").await.unwrap().is_empty(), "{wt}");
+    }
+    c.stop().await;
+}
+
+/// A live writer keeps its file however long it stays open: its lease is renewed
+/// in the background while it sits idle for several lease lengths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_writer_keeps_its_lease_while_idle() {
+    let c = short_lease_cluster().await;
+    let data = pattern(2 * BS as usize + 5, 9);
+    let mut w =
+        c.fs.create("/slow", CreateOptions::default())
+            .await
+            .unwrap();
+    w.write(&data[..BS as usize]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    w.write(&data[BS as usize..]).await.unwrap();
+    let info = w.close().await.unwrap();
+    assert!(info.complete);
+    assert_eq!(read_all(&c.fs, "/slow").await, data);
+    c.stop().await;
+}
+
+/// At the RPC level: a file nobody renews is gone after its lease, so its
+/// completion is refused; renewing a completed or unknown file reports it lost;
+/// and a renewal naming absurdly many files is an invalid argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_at_the_rpc_level() {
+    let c = short_lease_cluster().await;
+    let mut m = master_client(&c);
+    let created = m
+        .create_file(proto::CreateFileRequest {
+            path: "/unrenewed".into(),
+            block_size: BS,
+            recursive: false,
+            write_type: proto::WriteType::MustCache as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.lease_ms, 1000);
+    let id = created.info.unwrap().id;
+    let renewed = m
+        .renew_lease(proto::RenewLeaseRequest {
+            file_ids: vec![id, u64::MAX],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.lost, [u64::MAX]);
+    wait_until_gone(&c.fs, "/unrenewed").await;
+    let late = m
+        .complete_file(proto::CompleteFileRequest {
+            file_id: id,
+            length: 0,
+            persisted: false,
+            ufs_fingerprint: None,
+            ufs: None,
+        })
+        .await;
+    assert!(matches!(
+        late.map_err(Error::from),
+        Err(Error::NotFound { .. })
+    ));
+    let renewed = m
+        .renew_lease(proto::RenewLeaseRequest { file_ids: vec![id] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.lost, [id]);
+    // A completed file has no lease to renew.
+    let w =
+        c.fs.create("/done", CreateOptions::default())
+            .await
+            .unwrap();
+    let done = w.close().await.unwrap();
+    let renewed = m
+        .renew_lease(proto::RenewLeaseRequest {
+            file_ids: vec![done.id.0],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.lost, [done.id.0]);
+    assert!(is_invalid_argument(
+        m.renew_lease(proto::RenewLeaseRequest {
+            file_ids: vec![7; 10_001],
+        })
+        .await
+    ));
+    c.stop().await;
+}
+
+/// Staged copies no writer can publish any more (their file is gone, or lives in
+/// another folder) are removed when their folder is listed; a live writer's copy
+/// stays, and the file completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_staged_copies_are_swept_by_a_listing() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    c.fs.mkdir("/d", false).await.unwrap();
+    let data = pattern(BS as usize + 3, 10);
+    let mut live =
+        c.fs.create("/d/live", CreateOptions::default())
+            .await
+            .unwrap();
+    live.write(&data).await.unwrap();
+    let elsewhere =
+        c.fs.create("/other", CreateOptions::default())
+            .await
+            .unwrap();
+    let d = c.underfs().join("d");
+    // One for no file at all, one for a file of another folder.
+    for key in [0xdead_beef_u64, elsewhere.info().id.0] {
+        std::fs::write(d.join(format!(".{key:x}.strata-tmp")), b"stale").unwrap();
+    }
+    // The live writer's staged copy exists once its stream has started.
+    wait_for_files(&d, 3).await;
+    assert_eq!(list_names(&c.fs, "/d").await, ["live"]);
+    let left = under_store_files(&d);
+    assert_eq!(
+        left,
+        [format!(".{:x}.strata-tmp", live.info().id.0)],
+        "only the live writer's copy stays"
+    );
+    live.close().await.unwrap();
+    assert_eq!(read_all(&c.fs, "/d/live").await, data);
+    assert_eq!(under_store_files(&d), ["live"]);
+    elsewhere.close().await.unwrap();
     c.stop().await;
 }

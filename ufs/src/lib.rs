@@ -49,6 +49,11 @@ impl UfsPath {
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The folder holding this path (the root for the root).
+    pub fn parent(&self) -> UfsPath {
+        UfsPath(self.0[..self.0.len().saturating_sub(1)].to_vec())
+    }
 }
 
 impl From<&UfsLocation> for UfsPath {
@@ -95,6 +100,15 @@ impl UfsStatus {
     }
 }
 
+/// A folder's entries, and the staged copies (by key) that lie in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UfsListing {
+    /// Entries in name order; staged copies are not among them.
+    pub entries: Vec<UfsStatus>,
+    /// Keys (file ids) of the copies staged in the folder and not yet published.
+    pub staged: Vec<u64>,
+}
+
 /// A byte stream from an under-store.
 pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -122,8 +136,9 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
     fn uri(&self) -> &str;
     /// Status of the entry at `path`, `None` if there is none.
     async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>>;
-    /// Entries of the directory at `path`, in name order.
-    async fn list(&self, path: &UfsPath) -> Result<Vec<UfsStatus>>;
+    /// Entries of the directory at `path`, in name order, and the keys of the
+    /// copies staged in it.
+    async fn list(&self, path: &UfsPath) -> Result<UfsListing>;
     /// A reader of `length` bytes from `offset` of the file at `path`, which must be
     /// the file `expect` describes: a file with another fingerprint (replaced,
     /// changed in place) is refused with [`Error::UfsChanged`], and the check and the
@@ -144,7 +159,12 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
     /// its folder removed).
     async fn publish(&self, path: &UfsPath, key: u64) -> Result<UfsStatus>;
     /// Removes the staged copy of `key` for `path`, if there is one.
-    async fn discard(&self, path: &UfsPath, key: u64) -> Result<()>;
+    async fn discard(&self, path: &UfsPath, key: u64) -> Result<()> {
+        self.discard_in(&path.parent(), key).await
+    }
+    /// Removes the copy of `key` staged in the folder `dir`, if there is one (a
+    /// missing folder is fine).
+    async fn discard_in(&self, dir: &UfsPath, key: u64) -> Result<()>;
     /// Creates the directory at `path` and its missing parents; an existing
     /// directory is fine.
     async fn mkdirs(&self, path: &UfsPath) -> Result<()>;

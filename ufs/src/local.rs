@@ -20,7 +20,7 @@
 //! Linux only (`openat2` appeared in 5.6); a kernel without it is refused with a
 //! clear error rather than served through a racy fallback.
 
-use crate::{UfsFingerprint, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
+use crate::{UfsFingerprint, UfsListing, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ffi::{CStr, CString};
@@ -146,6 +146,15 @@ fn c_name(name: &str) -> Sys<CString> {
 
 fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+/// The key of a staging name made by [`temp_name`]; `None` for any other name.
+fn temp_key(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 fn is_dir(st: &libc::stat) -> bool {
@@ -351,16 +360,21 @@ impl UnderStore for LocalStore {
         .await
     }
 
-    async fn list(&self, path: &UfsPath) -> Result<Vec<UfsStatus>> {
+    async fn list(&self, path: &UfsPath) -> Result<UfsListing> {
         let rel = path.components().to_vec();
         self.run(path, move |root| {
             let dir = open_beneath(root, &relative(&rel)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
             let mut out = Vec::new();
+            let mut staged = Vec::new();
             for raw in sys::read_dir_names(&dir)? {
                 let Ok(name) = raw.to_str() else {
                     continue; // not UTF-8: cannot be named in the namespace
                 };
-                if is_temp_name(name) || strata_common::path::validate_name(name).is_err() {
+                if is_temp_name(name) {
+                    staged.extend(temp_key(name));
+                    continue;
+                }
+                if strata_common::path::validate_name(name).is_err() {
                     continue;
                 }
                 let st = match sys::fstatat_nofollow(dir.as_fd(), &raw) {
@@ -392,7 +406,11 @@ impl UnderStore for LocalStore {
                 out.push(status_of(name.to_string(), &st));
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            staged.sort_unstable();
+            Ok(UfsListing {
+                entries: out,
+                staged,
+            })
         })
         .await
     }
@@ -515,9 +533,9 @@ impl UnderStore for LocalStore {
         .await
     }
 
-    async fn discard(&self, path: &UfsPath, key: u64) -> Result<()> {
-        let (parent, _) = Self::split(path);
-        self.run(path, move |root| {
+    async fn discard_in(&self, dir: &UfsPath, key: u64) -> Result<()> {
+        let parent = dir.components().to_vec();
+        self.run(dir, move |root| {
             let dir = match open_dir(root, &parent) {
                 Ok(dir) => dir,
                 Err(f) if f.errno() == Some(libc::ENOENT) => return Ok(()),
@@ -989,7 +1007,9 @@ mod tests {
         w.write(Bytes::from_static(b"hello ")).await.unwrap();
         // Not visible before complete.
         assert!(store.status(&f).await.unwrap().is_none());
-        assert!(store.list(&p("a/b")).await.unwrap().is_empty());
+        let listed = store.list(&p("a/b")).await.unwrap();
+        assert!(listed.entries.is_empty());
+        assert_eq!(listed.staged, [1]);
         w.write(Bytes::from_static(b"world")).await.unwrap();
         let finished = w.finish().await.unwrap();
         // Finished is durable, not yet visible.
@@ -1008,6 +1028,7 @@ mod tests {
             .list(&p("a"))
             .await
             .unwrap()
+            .entries
             .into_iter()
             .map(|s| s.name)
             .collect();
@@ -1084,6 +1105,14 @@ mod tests {
             Err(Error::NotFound { .. })
         ));
         assert!(snapshot(dir.path()).is_empty());
+        // Discarding by folder: a copy staged there goes, a missing folder is fine.
+        let mut w = store.create(&p("h"), 10).await.unwrap();
+        w.write(Bytes::from_static(b"swept")).await.unwrap();
+        w.finish().await.unwrap();
+        store.discard_in(&p("nowhere"), 10).await.unwrap();
+        assert_eq!(store.list(&UfsPath::root()).await.unwrap().staged, [10]);
+        store.discard_in(&UfsPath::root(), 10).await.unwrap();
+        assert!(snapshot(dir.path()).is_empty());
     }
 
     #[tokio::test]
@@ -1101,8 +1130,22 @@ mod tests {
             .unwrap();
         assert!(is_temp_name(&temp), "{temp}");
         assert!(store.status(&p(&temp)).await.unwrap().is_none());
-        assert!(store.list(&UfsPath::root()).await.unwrap().is_empty());
+        let listed = store.list(&UfsPath::root()).await.unwrap();
+        assert!(listed.entries.is_empty());
+        assert_eq!(listed.staged, [1]);
         drop(w);
+        // Only names of exactly the staging shape count as staged copies.
+        for (name, key) in [
+            (".ff.strata-tmp", Some(255)),
+            (".ffffffffffffffff.strata-tmp", Some(u64::MAX)),
+            (".1ffffffffffffffff.strata-tmp", None),
+            ("..strata-tmp", None),
+            (".x1.strata-tmp", None),
+            (".+1.strata-tmp", None),
+            ("1.strata-tmp", None),
+        ] {
+            assert_eq!(temp_key(name), key, "{name}");
+        }
     }
 
     #[tokio::test]
@@ -1129,7 +1172,12 @@ mod tests {
             );
             assert!(not_permitted(store.create(&path, 1).await), "{path}");
         }
-        assert!(store.list(&UfsPath::root()).await.unwrap().is_empty());
+        assert!(store
+            .list(&UfsPath::root())
+            .await
+            .unwrap()
+            .entries
+            .is_empty());
         assert_eq!(
             snapshot(outside.path()),
             [("secret".to_string(), b"s3cr3t".to_vec())]
@@ -1377,7 +1425,7 @@ mod tests {
         symlink("../real/file", dir.path().join("sub/link")).unwrap();
         symlink("real", dir.path().join("dirlink")).unwrap();
         symlink("nowhere", dir.path().join("dangling")).unwrap();
-        let listed = store.list(&p("sub")).await.unwrap();
+        let listed = store.list(&p("sub")).await.unwrap().entries;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "link");
         assert_eq!(listed[0].length, 7);
@@ -1386,6 +1434,7 @@ mod tests {
             .list(&UfsPath::root())
             .await
             .unwrap()
+            .entries
             .into_iter()
             .map(|s| (s.name, s.is_dir))
             .collect();
