@@ -113,7 +113,8 @@ pub struct CompleteFileEntry {
 }
 
 /// Removes `name` (which must still be inode `id`) from `parent_id`, with its subtree
-/// when `recursive`.
+/// when `recursive`. A folder with children is detached (unreachable at once) and
+/// its inodes are removed afterwards by bounded [`ReclaimEntry`]s.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DeleteEntry {
     #[prost(uint64, tag = "1")]
@@ -163,7 +164,8 @@ pub struct MountEntry {
     pub mount: Option<MountRecord>,
 }
 
-/// Removes a mount and the namespace below it (the under-store is untouched).
+/// Removes a mount and the namespace below it (the under-store is untouched); the
+/// namespace below is detached and reclaimed like a deleted folder's.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UnmountEntry {
     #[prost(uint64, tag = "1")]
@@ -172,10 +174,20 @@ pub struct UnmountEntry {
     pub path: String,
 }
 
+/// Removes up to `limit` inodes of the detached subtree rooted at `root` (deepest
+/// first; the root itself last). Replaying it on a subtree already gone is a no-op.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReclaimEntry {
+    #[prost(uint64, tag = "1")]
+    pub root: u64,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
 /// One namespace mutation.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalEntry {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub op: Option<Op>,
 }
 
@@ -196,6 +208,8 @@ pub enum Op {
     Mount(MountEntry),
     #[prost(message, tag = "7")]
     Unmount(UnmountEntry),
+    #[prost(message, tag = "8")]
+    Reclaim(ReclaimEntry),
 }
 
 impl From<Op> for JournalEntry {

@@ -54,6 +54,32 @@ impl MasterHandle {
     }
 }
 
+/// Removes the inodes of deleted and unmounted folders, batch by batch, until
+/// shutdown; wakes when a removal leaves work, and looks every 10 s regardless
+/// (work left by an earlier run, or a batch that failed).
+async fn reclaim_detached(ns: Arc<Namespace>, shutdown: CancellationToken) {
+    loop {
+        let pause = match ns.reclaim_step().await {
+            Ok(true) => None,
+            Ok(false) => Some(std::time::Duration::from_secs(10)),
+            Err(e) => {
+                tracing::warn!("cannot reclaim a deleted folder's inodes: {e}");
+                Some(std::time::Duration::from_secs(1))
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ns.reclaim_needed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
 /// Deletes the files whose writers stopped renewing their leases, until shutdown.
 async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
     let every = (ns.lease_duration() / 4).clamp(
@@ -137,7 +163,8 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         }
     });
 
-    tokio::spawn(expire_leases(ns, shutdown.clone()));
+    tokio::spawn(expire_leases(ns.clone(), shutdown.clone()));
+    tokio::spawn(reclaim_detached(ns, shutdown.clone()));
 
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()

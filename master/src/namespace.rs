@@ -9,7 +9,7 @@
 
 use crate::journal::{
     CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, Journal, LoadChildrenEntry,
-    MountEntry, MountRecord, Op, RenameEntry, UnmountEntry,
+    MountEntry, MountRecord, Op, ReclaimEntry, RenameEntry, UnmountEntry,
 };
 use crate::lease::Leases;
 use crate::registry::Registry;
@@ -37,6 +37,13 @@ const LOAD_BATCH: usize = 4096;
 pub const LIST_PAGE_DEFAULT: usize = 1000;
 /// The largest listing page (about 1 MiB of entries on the wire).
 pub const LIST_PAGE_MAX: usize = 10_000;
+/// Inodes one reclaim entry removes from a deleted folder's subtree.
+const RECLAIM_BATCH: u32 = 4096;
+/// Files whose cached blocks `free` drops at a time.
+const FREE_BATCH: usize = 4096;
+/// Entries of a folder read at a time by a walk of a subtree.
+const WALK_PAGE: usize = 1024;
+
 /// Most files one lease renewal may name.
 pub const RENEW_MAX_FILES: usize = 10_000;
 
@@ -130,6 +137,7 @@ pub struct Namespace {
     pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
     locks: crate::oplock::PathLocks,
     leases: Leases,
+    reclaim_wakeup: tokio::sync::Notify,
     next_inode: AtomicU64,
     next_mount: AtomicU64,
     stores: StoreCache,
@@ -162,6 +170,7 @@ impl Namespace {
             pause_after_under_store: deps.pause_after_under_store,
             locks: crate::oplock::PathLocks::default(),
             leases,
+            reclaim_wakeup: tokio::sync::Notify::new(),
             next_inode: AtomicU64::new(next_inode),
             next_mount: AtomicU64::new(next_mount),
             stores: StoreCache::default(),
@@ -399,13 +408,21 @@ impl Namespace {
         self.store.adopts_unclaimed_storage()
     }
 
-    /// The path of inode `id`, by walking up to the root.
+    /// The path of inode `id`, by walking up to the root. `NotFound` for an inode
+    /// of a deleted folder whose subtree is still being reclaimed: no path leads
+    /// to it.
     pub fn path_of(&self, id: u64) -> Result<StrataPath> {
+        let gone = || Error::NotFound {
+            path: format!("inode {id} (deleted)"),
+        };
         let mut names = Vec::new();
-        let mut cur = self.inode(id)?;
+        let mut cur = self.store.get_inode(id)?.ok_or_else(gone)?;
         while cur.id != FileId::ROOT.0 {
+            if cur.parent_id == 0 || names.len() > strata_common::path::MAX_PATH_BYTES {
+                return Err(gone());
+            }
             names.push(cur.name.clone());
-            cur = self.inode(cur.parent_id)?;
+            cur = self.store.get_inode(cur.parent_id)?.ok_or_else(gone)?;
         }
         names.reverse();
         StrataPath::parse(&prefix_path(&names))
@@ -483,14 +500,19 @@ impl Namespace {
             // Files that are complete and persisted before the listing starts: if the
             // listing lacks one, it was removed outside Strata. (A file completed
             // after this point is not a candidate, however the listing raced it.)
-            let mut persisted_files = Vec::new();
-            for (name, id) in self.store.list_children(dir_id)? {
-                if let Some(rec) = self.store.get_inode(id)? {
-                    if !rec.is_dir && rec.complete && rec.persisted {
-                        persisted_files.push((name, id));
+            // Only their ids are kept, 8 bytes a file.
+            let mut persisted_ids = Vec::new();
+            self.each_child_page(dir_id, |page| {
+                for (_, id) in page {
+                    if let Some(rec) = self.store.get_inode(*id)? {
+                        if !rec.is_dir && rec.complete && rec.persisted {
+                            persisted_ids.push(*id);
+                        }
                     }
                 }
-            }
+                Ok(())
+            })?;
+            persisted_ids.sort_unstable();
             let listed = match ufs.list(&hit.ufs_path()?).await {
                 Ok(v) => v,
                 // The directory exists only in Strata (written MUST_CACHE): nothing to load.
@@ -501,14 +523,28 @@ impl Namespace {
                 self.sweep_staged(path, &hit, dir_id, &ufs, &listed.staged)
                     .await;
             }
-            let listed = listed.entries;
-            let present: std::collections::HashSet<&str> =
-                listed.iter().map(|st| st.name.as_str()).collect();
-            let mut removed_any = false;
-            for (name, id) in persisted_files {
-                if present.contains(name.as_str()) {
-                    continue;
+            let mut listed = listed.entries;
+            if !listed.is_sorted_by(|a, b| a.name <= b.name) {
+                listed.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            // Gone from the under-store: candidates the listing lacks, found by
+            // reading the namespace a page at a time against the sorted listing.
+            let mut gone = Vec::new();
+            self.each_child_page(dir_id, |page| {
+                for (name, id) in page {
+                    if persisted_ids.binary_search(id).is_ok()
+                        && listed
+                            .binary_search_by(|st| st.name.as_str().cmp(name))
+                            .is_err()
+                    {
+                        gone.push((name.clone(), *id));
+                    }
                 }
+                Ok(())
+            })?;
+            drop(persisted_ids);
+            let mut removed_any = false;
+            for (name, id) in gone {
                 let gone = DeleteEntry {
                     parent_id: dir_id,
                     path: path.join(&name)?.to_string(),
@@ -519,7 +555,7 @@ impl Namespace {
                 };
                 match self.propose(Op::Delete(gone)).await {
                     Ok(applied) => {
-                        self.registry.drop_files(&applied.removed_files);
+                        self.after_removal(&applied);
                         removed_any = true;
                     }
                     // Renamed or deleted through Strata meanwhile.
@@ -560,6 +596,25 @@ impl Namespace {
             }
         }
         Ok(())
+    }
+
+    /// Calls `visit` with each page of directory `dir`'s entries, in name order.
+    fn each_child_page(
+        &self,
+        dir: u64,
+        mut visit: impl FnMut(&[(String, u64)]) -> Result<()>,
+    ) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self
+                .store
+                .list_children_page(dir, after.as_deref(), WALK_PAGE)?;
+            visit(&page)?;
+            match page.last() {
+                Some((last, _)) if more => after = Some(last.clone()),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Removes the copies staged in the under-store folder of directory `dir_id`
@@ -833,10 +888,19 @@ impl Namespace {
         ufs: Option<UfsFingerprint>,
         staged_at: Option<UfsLocation>,
     ) -> Result<FileInfo> {
-        let Some(rec) = self.store.get_inode(id.0)? else {
-            // Deleted while it was written: its writer's staged copy may have been
-            // made after the delete looked. File ids are never reused, so the copy
-            // staged under this id is nobody else's.
+        // Deleted while it was written (gone, or in a deleted folder still being
+        // reclaimed): its writer's staged copy may have been made after the delete
+        // looked. File ids are never reused, so the copy staged under this id is
+        // nobody else's.
+        let found = match self.store.get_inode(id.0)? {
+            Some(rec) => match self.path_of(id.0) {
+                Ok(path) => Some((rec, path)),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let Some((rec, path)) = found else {
             if let Some(loc) = staged_at {
                 self.discard_orphan(id, &loc).await?;
             }
@@ -844,7 +908,6 @@ impl Namespace {
                 path: format!("file id {id}"),
             });
         };
-        let path = self.path_of(id.0)?;
         let _guard = self.locks.lock(&[&path]).await;
         if rec.is_dir {
             return Err(Error::IsADirectory {
@@ -986,11 +1049,16 @@ impl Namespace {
                     reason: format!("contains the mount point {m}; unmount it first"),
                 });
             }
-            self.sync_children(path, rec.id).await?;
-            if !recursive && !self.store.list_children(rec.id)?.is_empty() {
-                return Err(Error::DirectoryNotEmpty {
-                    path: path.to_string(),
-                });
+            // A recursive delete removes whatever the under-store has too, so
+            // there is nothing to load first (a folder of millions would load it
+            // all just to drop it).
+            if !recursive {
+                self.sync_children(path, rec.id).await?;
+                if !self.store.list_children_page(rec.id, None, 1)?.0.is_empty() {
+                    return Err(Error::DirectoryNotEmpty {
+                        path: path.to_string(),
+                    });
+                }
             }
         }
         self.remove_locked(path, &rec, recursive).await
@@ -1028,7 +1096,7 @@ impl Namespace {
                 mtime_ms: now_ms(),
             }))
             .await?;
-        self.registry.drop_files(&applied.removed_files);
+        self.after_removal(&applied);
         Ok(())
     }
 
@@ -1078,7 +1146,14 @@ impl Namespace {
             self.leases.release(id.0);
             return Ok(false);
         }
-        let path = self.path_of(id.0)?;
+        let path = match self.path_of(id.0) {
+            Ok(p) => p,
+            Err(Error::NotFound { .. }) => {
+                self.leases.release(id.0); // in a deleted folder: reclaimed with it
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         let _guard = self.locks.lock(&[&path]).await;
         if !self.leases.is_expired(id.0, Instant::now()) {
             return Ok(false);
@@ -1090,7 +1165,7 @@ impl Namespace {
                 return Ok(false);
             }
         };
-        if self.path_of(id.0)? != path {
+        if self.path_of(id.0).ok().as_ref() != Some(&path) {
             return Ok(false); // moved with its folder meanwhile: the next pass sees it
         }
         match self.remove_locked(&path, &rec, false).await {
@@ -1301,7 +1376,7 @@ impl Namespace {
                 path: path.to_string(),
             }))
             .await?;
-        self.registry.drop_files(&applied.removed_files);
+        self.after_removal(&applied);
         Ok(())
     }
 
@@ -1359,31 +1434,104 @@ impl Namespace {
         })
     }
 
-    /// Drops cached copies of the file at `path`, or of every file below it.
+    /// Drops cached copies of the file at `path`, or of every file below it. Every
+    /// file must be persisted (else nothing is freed): a first walk checks, a
+    /// second drops, in bounded batches; neither holds more than one page of a
+    /// folder per level.
     pub async fn free(&self, path: &StrataPath) -> Result<u64> {
         let rec = self.lookup(path).await?;
-        let mut files = Vec::new();
-        let mut stack = vec![(path.clone(), rec)];
-        while let Some((p, cur)) = stack.pop() {
-            if cur.is_dir {
-                for (name, id) in self.store.list_children(cur.id)? {
-                    if let Some(child) = self.store.get_inode(id)? {
-                        stack.push((p.join(&name)?, child));
+        self.walk_files(path, &rec, |dir, name, f| {
+            if f.persisted {
+                return Ok(());
+            }
+            let p = match name {
+                Some(n) => dir.join(n)?,
+                None => dir.clone(),
+            };
+            Err(Error::NotPermitted {
+                path: p.to_string(),
+                reason: "is not persisted in an under-store; freeing it would lose its data".into(),
+            })
+        })?;
+        let mut freed = 0u64;
+        let mut batch = Vec::new();
+        self.walk_files(path, &rec, |_, _, f| {
+            batch.push(FileId(f.id));
+            if batch.len() >= FREE_BATCH {
+                freed += self.registry.drop_files(&batch) as u64;
+                batch.clear();
+            }
+            Ok(())
+        })?;
+        freed += self.registry.drop_files(&batch) as u64;
+        Ok(freed)
+    }
+
+    /// Calls `visit(folder path, name, file)` for `rec` if it is a file (name
+    /// `None`, the path is the file's own), else for every file below it, reading
+    /// each folder a page at a time.
+    fn walk_files(
+        &self,
+        path: &StrataPath,
+        rec: &InodeRecord,
+        mut visit: impl FnMut(&StrataPath, Option<&str>, &InodeRecord) -> Result<()>,
+    ) -> Result<()> {
+        if !rec.is_dir {
+            return visit(path, None, rec);
+        }
+        // (folder id, its path, the last name read)
+        let mut stack: Vec<(u64, StrataPath, Option<String>)> = vec![(rec.id, path.clone(), None)];
+        while let Some((dir, dir_path, after)) = stack.last_mut() {
+            let (page, _) = self
+                .store
+                .list_children_page(*dir, after.as_deref(), WALK_PAGE)?;
+            let Some((last, _)) = page.last() else {
+                stack.pop();
+                continue;
+            };
+            *after = Some(last.clone());
+            let dir_path = dir_path.clone();
+            for (name, id) in page {
+                match self.store.get_inode(id)? {
+                    Some(child) if child.is_dir => {
+                        stack.push((child.id, dir_path.join(&name)?, None));
                     }
+                    Some(child) => visit(&dir_path, Some(&name), &child)?,
+                    None => {} // removed meanwhile
                 }
-            } else {
-                if !cur.persisted {
-                    return Err(Error::NotPermitted {
-                        path: p.to_string(),
-                        reason:
-                            "is not persisted in an under-store; freeing it would lose its data"
-                                .into(),
-                    });
-                }
-                files.push(FileId(cur.id));
             }
         }
-        Ok(self.registry.drop_files(&files) as u64)
+        Ok(())
+    }
+
+    /// Follows up an applied delete or unmount: drops the removed files' cached
+    /// blocks and wakes the reclaimer if a detached subtree is left.
+    fn after_removal(&self, applied: &Applied) {
+        self.registry.drop_files(&applied.removed_files);
+        if applied.more_to_reclaim {
+            self.reclaim_wakeup.notify_one();
+        }
+    }
+
+    /// Removes one batch of a detached subtree (a deleted or unmounted folder).
+    /// False when there is nothing left to reclaim.
+    pub async fn reclaim_step(&self) -> Result<bool> {
+        let Some(root) = self.store.detached_roots(1)?.into_iter().next() else {
+            return Ok(false);
+        };
+        let applied = self
+            .propose(Op::Reclaim(ReclaimEntry {
+                root,
+                limit: RECLAIM_BATCH,
+            }))
+            .await?;
+        self.after_removal(&applied);
+        Ok(true)
+    }
+
+    /// Waits until a removal leaves a detached subtree to reclaim.
+    pub async fn reclaim_needed(&self) {
+        self.reclaim_wakeup.notified().await;
     }
 }
 

@@ -37,14 +37,26 @@ const CF_META: &str = "meta";
 /// Ids of the files being written (incomplete), maintained by apply: what the
 /// master leases to writers and expires when they vanish.
 const CF_INCOMPLETE: &str = "incomplete";
-const ALL_CFS: [&str; 6] = [
+/// Roots of detached subtrees (deleted or unmounted folders) whose inodes are still
+/// being reclaimed, batch by batch.
+const CF_DETACHED: &str = "detached";
+const ALL_CFS: [&str; 7] = [
     CF_INODES,
     CF_EDGES,
     CF_BLOCKS,
     CF_MOUNTS,
     CF_META,
     CF_INCOMPLETE,
+    CF_DETACHED,
 ];
+
+/// Memory all of the metastore's memtables may use together.
+const METASTORE_MEMTABLE_BYTES: usize = 64 << 20;
+/// The metastore's block cache, shared by its column families.
+const METASTORE_BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+/// Most inodes one reclaim entry may remove.
+pub const RECLAIM_MAX: u32 = 65_536;
 
 const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
@@ -78,6 +90,9 @@ pub struct Applied {
     /// For a load of children that took effect: the directory's `children_version`
     /// after it, which the next load of the same listing expects.
     pub children_version: Option<u64>,
+    /// A detached subtree is left to reclaim (after a delete or unmount of a
+    /// folder with children, or a reclaim that did not finish its subtree).
+    pub more_to_reclaim: bool,
 }
 
 /// Whether an apply error is the store failing (fatal), rather than a deterministic
@@ -124,9 +139,23 @@ impl MetaStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        // One memtable budget and one block cache for all column families:
+        // otherwise each family has its own (two 64 MiB memtables, a 32 MiB
+        // cache), and a walk or a burst of deletes over a folder of millions grows
+        // the master by hundreds of MiB.
+        opts.set_db_write_buffer_size(METASTORE_MEMTABLE_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(METASTORE_BLOCK_CACHE_BYTES);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Index and filter blocks count against the cache too, instead of
+            // living beside it in proportion to the store's size.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::unavailable(format!("cannot open metastore {}: {e}", dir.display()))
         })?;
@@ -235,6 +264,20 @@ impl MetaStore {
             1u64.to_be_bytes(),
         );
         self.db.write(batch).map_err(storage)
+    }
+
+    /// Roots of detached subtrees still being reclaimed, up to `limit`.
+    pub fn detached_roots(&self, limit: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DETACHED)?, IteratorMode::Start)
+            .take(limit)
+        {
+            let (k, _) = item.map_err(storage)?;
+            out.push(u64_of(&k)?);
+        }
+        Ok(out)
     }
 
     /// Ids of the files being written, in id order: up to `limit` after `after`.
@@ -458,6 +501,7 @@ impl MetaStore {
             Some(Op::Rename(e)) => tx.rename(e),
             Some(Op::Mount(e)) => tx.mount(e),
             Some(Op::Unmount(e)) => tx.unmount(e),
+            Some(Op::Reclaim(e)) => tx.reclaim(e.root, e.limit),
             None => Err(Error::invalid_argument("journal entry", "empty")),
         };
         let Tx {
@@ -535,18 +579,31 @@ impl<'a> Tx<'a> {
         }
     }
 
-    fn children(&self, parent: u64) -> Result<Vec<(String, u64)>> {
-        let mut kids: std::collections::BTreeMap<String, u64> =
-            self.store.list_children(parent)?.into_iter().collect();
-        for ((p, name), v) in &self.touched_edges {
-            if *p == parent {
-                match v {
-                    Some(id) => kids.insert(name.clone(), *id),
-                    None => kids.remove(name),
-                };
+    /// Whether directory `parent` has any child, with this entry's own changes.
+    fn has_children(&self, parent: u64) -> Result<bool> {
+        if self
+            .touched_edges
+            .iter()
+            .any(|((p, _), v)| *p == parent && v.is_some())
+        {
+            return Ok(true);
+        }
+        let prefix = parent.to_be_bytes();
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(CF_EDGES)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[8..]).into_owned();
+            if !matches!(self.touched_edges.get(&(parent, name)), Some(None)) {
+                return Ok(true);
             }
         }
-        Ok(kids.into_iter().collect())
+        Ok(false)
     }
 
     fn put_inode(&mut self, rec: InodeRecord) -> Result<()> {
@@ -756,28 +813,115 @@ impl<'a> Tx<'a> {
         Ok(Applied::default())
     }
 
-    /// Removes `id` and everything below it; returns the files removed.
-    fn remove_subtree(&mut self, id: u64) -> Result<Vec<FileId>> {
-        let mut removed = Vec::new();
-        let mut stack = vec![id];
-        while let Some(cur) = stack.pop() {
-            let Some(rec) = self.inode(cur)? else {
-                continue;
-            };
-            if rec.is_dir {
-                for (name, child) in self.children(cur)? {
-                    self.delete_edge(cur, &name)?;
-                    stack.push(child);
-                }
-            } else {
-                if !rec.complete {
-                    self.set_incomplete(cur, false)?;
-                }
-                removed.push(FileId(cur));
-            }
-            self.delete_inode(cur)?;
+    /// Removes the inode `rec` (already unlinked from its parent); returns it if it
+    /// was a file.
+    fn remove_inode(&mut self, rec: &InodeRecord) -> Result<Option<FileId>> {
+        self.delete_inode(rec.id)?;
+        if rec.is_dir {
+            return Ok(None);
         }
-        Ok(removed)
+        if !rec.complete {
+            self.set_incomplete(rec.id, false)?;
+        }
+        Ok(Some(FileId(rec.id)))
+    }
+
+    /// Removes `rec` (already unlinked from its parent) with everything below it: a
+    /// file or an empty folder at once, a folder with children by detaching it
+    /// (parent 0: no path leads to it any more) for [`Tx::reclaim`] to remove in
+    /// bounded steps.
+    fn remove_or_detach(&mut self, mut rec: InodeRecord) -> Result<Applied> {
+        if rec.is_dir && self.has_children(rec.id)? {
+            rec.parent_id = 0;
+            self.batch
+                .put_cf(self.store.cf(CF_DETACHED)?, rec.id.to_be_bytes(), []);
+            self.put_inode(rec)?;
+            return Ok(Applied {
+                more_to_reclaim: true,
+                ..Applied::default()
+            });
+        }
+        Ok(Applied {
+            removed_files: self.remove_inode(&rec)?.into_iter().collect(),
+            ..Applied::default()
+        })
+    }
+
+    /// Removes up to `limit` inodes of the detached subtree at `root`, in a
+    /// depth-first walk that removes a folder once its children are gone. Each
+    /// folder's children are read from the store after the last name passed, so
+    /// the walk costs one seek per inode whatever the folder sizes.
+    fn reclaim(&mut self, root: u64, limit: u32) -> Result<Applied> {
+        if limit == 0 || limit > RECLAIM_MAX {
+            return Err(Error::invalid_argument(
+                "journal entry",
+                format!("reclaim limit {limit} is outside 1..={RECLAIM_MAX}"),
+            ));
+        }
+        let detached = self.store.cf(CF_DETACHED)?;
+        let key = root.to_be_bytes();
+        if self
+            .store
+            .db
+            .get_pinned_cf(detached, key)
+            .map_err(storage)?
+            .is_none()
+        {
+            return Ok(Applied::default()); // reclaimed already
+        }
+        let mut budget = limit;
+        let mut removed = Vec::new();
+        // (folder, last child name passed)
+        let mut stack: Vec<(u64, Option<String>)> = vec![(root, None)];
+        while budget > 0 {
+            let Some((dir, after)) = stack.last_mut() else {
+                break;
+            };
+            let dir = *dir;
+            let next = self
+                .store
+                .list_children_page(dir, after.as_deref(), 1)?
+                .0
+                .into_iter()
+                .next();
+            match next {
+                Some((name, child)) => {
+                    *after = Some(name.clone());
+                    match self.inode(child)? {
+                        Some(c) if c.is_dir => stack.push((child, None)),
+                        Some(c) => {
+                            self.delete_edge(dir, &name)?;
+                            removed.extend(self.remove_inode(&c)?);
+                            budget -= 1;
+                        }
+                        None => self.delete_edge(dir, &name)?, // a dangling edge
+                    }
+                }
+                None => {
+                    // Every child is gone: remove the folder itself.
+                    stack.pop();
+                    if let Some(d) = self.inode(dir)? {
+                        if let Some((parent, _)) = stack.last() {
+                            self.delete_edge(*parent, &d.name)?;
+                        }
+                        self.remove_inode(&d)?;
+                    }
+                    budget -= 1;
+                    if dir == root {
+                        self.batch.delete_cf(detached, key);
+                        return Ok(Applied {
+                            removed_files: removed,
+                            ..Applied::default()
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Applied {
+            removed_files: removed,
+            more_to_reclaim: true,
+            ..Applied::default()
+        })
     }
 
     fn delete(&mut self, e: &DeleteEntry) -> Result<Applied> {
@@ -801,18 +945,15 @@ impl<'a> Tx<'a> {
                 reason: format!("contains the mount point {m}; unmount it first"),
             });
         }
-        if rec.is_dir && !e.recursive && !self.children(e.id)?.is_empty() {
+        if rec.is_dir && !e.recursive && self.has_children(e.id)? {
             return Err(Error::DirectoryNotEmpty {
                 path: e.path.clone(),
             });
         }
         self.delete_edge(e.parent_id, &e.name)?;
-        let removed_files = self.remove_subtree(e.id)?;
+        let applied = self.remove_or_detach(rec)?;
         self.touch_dir(e.parent_id, e.mtime_ms)?;
-        Ok(Applied {
-            removed_files,
-            ..Applied::default()
-        })
+        Ok(applied)
     }
 
     fn rename(&mut self, e: &RenameEntry) -> Result<Applied> {
@@ -925,16 +1066,14 @@ impl<'a> Tx<'a> {
                 reason: format!("mount {} has lost its directory", mount.mount_id),
             })?;
         self.delete_edge(rec.parent_id, &rec.name)?;
-        let removed_files = self.remove_subtree(rec.id)?;
+        let (parent_id, mtime_ms) = (rec.parent_id, rec.mtime_ms);
+        let applied = self.remove_or_detach(rec)?;
         self.batch
             .delete_cf(self.store.cf(CF_MOUNTS)?, mount.mount_id.to_be_bytes());
-        self.touch_dir(rec.parent_id, rec.mtime_ms)?;
+        self.touch_dir(parent_id, mtime_ms)?;
         self.mounts.retain(|m| m.mount_id != e.mount_id);
         self.mounts_changed = true;
-        Ok(Applied {
-            removed_files,
-            ..Applied::default()
-        })
+        Ok(applied)
     }
 }
 
@@ -964,6 +1103,7 @@ fn parent_of(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::ReclaimEntry;
 
     fn dir(id: u64, parent: u64, name: &str, t: i64) -> InodeRecord {
         InodeRecord {
@@ -1103,6 +1243,11 @@ mod tests {
                 path: "/m".into(),
             })
             .into(),
+            // Conflict: no limit.
+            Op::Reclaim(ReclaimEntry { root: 2, limit: 0 }).into(),
+            // The deleted /a, in two steps.
+            Op::Reclaim(ReclaimEntry { root: 2, limit: 2 }).into(),
+            Op::Reclaim(ReclaimEntry { root: 2, limit: 2 }).into(),
         ]
     }
 
@@ -1120,11 +1265,19 @@ mod tests {
         }
         assert_eq!(
             results,
-            [true, true, false, true, true, true, false, true, true, false, true, true]
+            [
+                true, true, false, true, true, true, false, true, true, false, true, true, false,
+                true, true
+            ]
         );
         let dump = s1.dump().unwrap();
         assert_eq!(dump, s2.dump().unwrap());
-        assert_eq!(s1.applied_index().unwrap(), 12);
+        assert_eq!(s1.applied_index().unwrap(), 15);
+        // The deleted /a (with /a/b and /a/u) is reclaimed entirely.
+        for id in [2, 3, 7] {
+            assert!(s1.get_inode(id).unwrap().is_none(), "inode {id}");
+        }
+        assert!(s1.detached_roots(10).unwrap().is_empty());
         assert_eq!(s1.last_inode_id().unwrap(), 8);
         // What is left: / (mounted) and /g (length 10, three blocks of 4).
         assert_eq!(s1.list_children(1).unwrap(), [("g".to_string(), 5)]);
@@ -1254,6 +1407,121 @@ mod tests {
         assert!(s.adopts_unclaimed_storage());
     }
 
+    /// A deleted folder of nested folders goes in bounded reclaim steps: each
+    /// removes at most its limit, nothing of it is reachable meanwhile, and the
+    /// store ends as if the folder had never been.
+    #[test]
+    fn a_deleted_tree_is_reclaimed_in_bounded_steps() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 10).unwrap();
+        let empty = s.dump().unwrap();
+        let mut index = 0;
+        let mut apply = |op: Op| {
+            index += 1;
+            s.apply(index, &op.into())
+        };
+        // /t with 3 folders of 5 files each, and 2 files of its own: 20 files,
+        // 4 folders.
+        let mut next = 2;
+        let mut id = || {
+            next += 1;
+            next
+        };
+        apply(Op::Create(CreateEntry {
+            parent_id: 1,
+            path: "/t".into(),
+            inodes: vec![dir(2, 1, "t", 1)],
+            expected_parent_version: None,
+        }))
+        .unwrap();
+        let mut files = Vec::new();
+        for i in 0..3 {
+            let sub = id();
+            let name = format!("s{i}");
+            apply(Op::Create(CreateEntry {
+                parent_id: 2,
+                path: format!("/t/{name}"),
+                inodes: vec![dir(sub, 2, &name, 1)],
+                expected_parent_version: None,
+            }))
+            .unwrap();
+            for j in 0..5 {
+                let f = id();
+                let fname = format!("f{j}");
+                apply(Op::Create(CreateEntry {
+                    parent_id: sub,
+                    path: format!("/t/{name}/{fname}"),
+                    inodes: vec![file(f, sub, &fname, 4096)],
+                    expected_parent_version: None,
+                }))
+                .unwrap();
+                files.push(FileId(f));
+            }
+        }
+        for j in 0..2 {
+            let f = id();
+            let fname = format!("g{j}");
+            apply(Op::Create(CreateEntry {
+                parent_id: 2,
+                path: format!("/t/{fname}"),
+                inodes: vec![file(f, 2, &fname, 4096)],
+                expected_parent_version: None,
+            }))
+            .unwrap();
+            files.push(FileId(f));
+        }
+        let applied = apply(Op::Delete(DeleteEntry {
+            parent_id: 1,
+            name: "t".into(),
+            id: 2,
+            path: "/t".into(),
+            recursive: true,
+            mtime_ms: 2,
+        }))
+        .unwrap();
+        assert!(applied.more_to_reclaim && applied.removed_files.is_empty());
+        assert_eq!(s.get_child(1, "t").unwrap(), None);
+        // Out of range limits are refused and change nothing.
+        for limit in [0, RECLAIM_MAX + 1] {
+            assert!(matches!(
+                apply(Op::Reclaim(ReclaimEntry { root: 2, limit })),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
+        let mut removed = Vec::new();
+        let mut steps = 0;
+        loop {
+            let before = s.dump().unwrap().len();
+            let applied = apply(Op::Reclaim(ReclaimEntry { root: 2, limit: 3 })).unwrap();
+            steps += 1;
+            assert!(applied.removed_files.len() <= 3);
+            // Each inode is at most an inode key, an edge key, an index key.
+            assert!(before - s.dump().unwrap().len() <= 3 * 3);
+            removed.extend(applied.removed_files);
+            if !applied.more_to_reclaim {
+                break;
+            }
+            assert!(steps < 100, "reclaim makes no progress");
+        }
+        // 21 inodes, 3 a step.
+        assert_eq!(steps, 7);
+        removed.sort();
+        assert_eq!(removed, files);
+        // Replayed after the end: nothing to do.
+        let again = apply(Op::Reclaim(ReclaimEntry { root: 2, limit: 3 })).unwrap();
+        assert_eq!(again, Applied::default());
+        let strip = |d: Vec<DumpEntry>| -> Vec<DumpEntry> {
+            // The root's mtime and children version moved; everything else is as
+            // before the folder existed.
+            d.into_iter()
+                .filter(|(cf, k, _)| {
+                    !(cf == CF_META || (cf == CF_INODES && *k == FileId::ROOT.0.to_be_bytes()))
+                })
+                .collect()
+        };
+        assert_eq!(strip(s.dump().unwrap()), strip(empty));
+    }
+
     #[test]
     fn the_incomplete_index_follows_create_complete_and_delete() {
         let d = tempfile::tempdir().unwrap();
@@ -1298,24 +1566,33 @@ mod tests {
         let conflict = s.apply(6, &create("/d", 1, vec![dir(9, 1, "d", 1)]));
         assert!(conflict.is_err());
         assert_eq!(s.incomplete_files(0, 10).unwrap(), [3, 5]);
-        // A recursive delete takes the files being written below it out.
-        s.apply(
-            7,
-            &Op::Delete(DeleteEntry {
-                parent_id: 1,
-                name: "d".into(),
-                id: 2,
-                path: "/d".into(),
-                recursive: true,
-                mtime_ms: 3,
-            })
-            .into(),
-        )
-        .unwrap();
+        // A recursive delete detaches the folder; reclaiming it takes the files
+        // being written below it out.
+        let applied = s
+            .apply(
+                7,
+                &Op::Delete(DeleteEntry {
+                    parent_id: 1,
+                    name: "d".into(),
+                    id: 2,
+                    path: "/d".into(),
+                    recursive: true,
+                    mtime_ms: 3,
+                })
+                .into(),
+            )
+            .unwrap();
+        assert!(applied.more_to_reclaim);
+        assert_eq!(s.detached_roots(10).unwrap(), [2]);
+        let reclaim = |limit| Op::Reclaim(ReclaimEntry { root: 2, limit }).into();
+        let applied = s.apply(8, &reclaim(100)).unwrap();
+        assert!(!applied.more_to_reclaim);
+        assert_eq!(applied.removed_files, [FileId(3), FileId(4), FileId(5)]);
         assert!(s.incomplete_files(0, 10).unwrap().is_empty());
+        assert!(s.detached_roots(10).unwrap().is_empty());
 
         // A store from before the index: built once at open, from the inodes.
-        s.apply(8, &create("/g", 1, vec![file(10, 1, "g", 4096)]))
+        s.apply(9, &create("/g", 1, vec![file(10, 1, "g", 4096)]))
             .unwrap();
         s.db.delete_cf(s.cf(CF_INCOMPLETE).unwrap(), 10u64.to_be_bytes())
             .unwrap();

@@ -1071,3 +1071,65 @@ async fn stale_staged_copies_are_swept_by_a_listing() {
     elsewhere.close().await.unwrap();
     c.stop().await;
 }
+
+/// A folder of more inodes than one reclaim batch, some of its files cached and
+/// one being written, is deleted: it is gone at once, its path can be used again
+/// while its inodes are reclaimed, the cached blocks leave the workers, and the
+/// writer inside cannot complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_folder_deleted_recursively_is_reclaimed_in_the_background() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let big = c.underfs().join("big");
+    for d in 0..3 {
+        let sub = big.join(format!("d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for i in 0..2000 {
+            std::fs::write(sub.join(format!("f{i:04}")), format!("{d}/{i}")).unwrap();
+        }
+    }
+    for d in 0..3 {
+        assert_eq!(c.fs.list(&format!("/big/d{d}")).await.unwrap().len(), 2000);
+        assert_eq!(
+            read_all(&c.fs, &format!("/big/d{d}/f0007")).await,
+            format!("{d}/7").as_bytes()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let blocks = || async {
+        c.fs.workers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.block_count)
+            .sum::<u64>()
+    };
+    while blocks().await < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads were not cached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut writer =
+        c.fs.create("/big/d0/new", CreateOptions::default())
+            .await
+            .unwrap();
+    writer.write(b"late").await.unwrap();
+
+    c.fs.delete("/big", true).await.unwrap();
+    assert!(!c.fs.exists("/big").await.unwrap());
+    assert!(!big.exists());
+    c.fs.mkdir("/big/d0", true).await.unwrap();
+    assert!(list_names(&c.fs, "/big/d0").await.is_empty());
+    assert!(matches!(writer.close().await, Err(Error::NotFound { .. })));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while blocks().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted folder's cached blocks were not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(under_store_files(&c.underfs()), Vec::<String>::new());
+    c.stop().await;
+}
