@@ -1133,3 +1133,46 @@ async fn a_big_folder_deleted_recursively_is_reclaimed_in_the_background() {
     assert_eq!(under_store_files(&c.underfs()), Vec::<String>::new());
     c.stop().await;
 }
+
+/// A delete that names the file it meant (an abandoned writer removing its own
+/// incomplete file) removes only that file: once the path names another file, the
+/// delete is refused and the other file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_naming_a_file_id_spares_a_newer_file_at_the_path() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut m = master_client(&c);
+    let old =
+        c.fs.create("/same", CreateOptions::default())
+            .await
+            .unwrap();
+    let old_id = old.info().id.0;
+    drop(old);
+    c.fs.delete("/same", false).await.unwrap();
+    let mut new =
+        c.fs.create("/same", CreateOptions::default())
+            .await
+            .unwrap();
+    new.write(b"newer").await.unwrap();
+    let new = new.close().await.unwrap();
+    let refused = m
+        .delete(proto::DeleteRequest {
+            path: "/same".into(),
+            recursive: false,
+            file_id: old_id,
+        })
+        .await;
+    assert!(matches!(
+        refused.map_err(Error::from),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(read_all(&c.fs, "/same").await, b"newer");
+    m.delete(proto::DeleteRequest {
+        path: "/same".into(),
+        recursive: false,
+        file_id: new.id.0,
+    })
+    .await
+    .unwrap();
+    assert!(!c.fs.exists("/same").await.unwrap());
+    c.stop().await;
+}

@@ -233,36 +233,88 @@ fn ensure_dirs(root: &OwnedFd, components: &[String]) -> Sys<OwnedFd> {
     Ok(dir)
 }
 
-/// Removes the directory `name` in `parent` and everything below it, following no
-/// symlink: a link is removed, never what it points at.
-fn remove_tree(parent: &OwnedFd, name: &CStr) -> io::Result<()> {
-    let dir = match sys::openat2(
+/// Deepest folder nesting a recursive delete descends into: deeper than any path
+/// Strata can name (4,096 bytes). The walk keeps one open descriptor per level.
+const MAX_REMOVE_DEPTH: usize = 2048;
+
+/// Opens the directory `name` in `parent` for removing what it holds, following
+/// no symlink. `None` when there is nothing to descend into: the entry is gone,
+/// or was replaced by a link or a file since it was looked at (then that entry
+/// is removed).
+fn open_for_removal(parent: &OwnedFd, name: &CStr) -> io::Result<Option<OwnedFd>> {
+    match sys::openat2(
         parent.as_fd(),
         name,
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         0,
         libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
     ) {
-        Ok(fd) => fd,
-        // Replaced by a link or a file since it was looked at: remove that entry.
+        Ok(fd) => Ok(Some(fd)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-            return ignore_missing(sys::unlinkat(parent.as_fd(), name, 0));
+            ignore_missing(sys::unlinkat(parent.as_fd(), name, 0)).map(|()| None)
         }
-        Err(e) => return ignore_missing(Err(e)),
+        Err(e) => ignore_missing(Err(e)).map(|()| None),
+    }
+}
+
+/// Removes the directory `name` in `parent` and everything below it, following no
+/// symlink: a link is removed, never what it points at. The walk is iterative (an
+/// explicit stack), and a tree nested deeper than [`MAX_REMOVE_DEPTH`] is refused
+/// part way (what was removed stays removed).
+fn remove_tree(parent: &OwnedFd, name: &CStr) -> io::Result<()> {
+    struct Level {
+        dir: OwnedFd,
+        names: std::vec::IntoIter<CString>,
+        name: CString,
+    }
+    let Some(dir) = open_for_removal(parent, name)? else {
+        return Ok(());
     };
-    for child in sys::read_dir_names(&dir)? {
-        let st = match sys::fstatat_nofollow(dir.as_fd(), &child) {
+    let names = sys::read_dir_names(&dir)?.into_iter();
+    let mut stack = vec![Level {
+        dir,
+        names,
+        name: name.to_owned(),
+    }];
+    loop {
+        let depth = stack.len();
+        let Some(top) = stack.last_mut() else {
+            return Ok(());
+        };
+        let Some(child) = top.names.next() else {
+            let done = stack.pop().expect("the stack has a top");
+            drop(done.dir);
+            let holder = stack.last().map_or(parent, |l| &l.dir);
+            ignore_missing(sys::unlinkat(
+                holder.as_fd(),
+                &done.name,
+                libc::AT_REMOVEDIR,
+            ))?;
+            continue;
+        };
+        let st = match sys::fstatat_nofollow(top.dir.as_fd(), &child) {
             Ok(st) => st,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e),
         };
-        if is_dir(&st) {
-            remove_tree(&dir, &child)?;
-        } else {
-            ignore_missing(sys::unlinkat(dir.as_fd(), &child, 0))?;
+        if !is_dir(&st) {
+            ignore_missing(sys::unlinkat(top.dir.as_fd(), &child, 0))?;
+            continue;
+        }
+        if depth >= MAX_REMOVE_DEPTH {
+            return Err(io::Error::other(format!(
+                "folders nested more than {MAX_REMOVE_DEPTH} deep"
+            )));
+        }
+        if let Some(dir) = open_for_removal(&top.dir, &child)? {
+            let names = sys::read_dir_names(&dir)?.into_iter();
+            stack.push(Level {
+                dir,
+                names,
+                name: child,
+            });
         }
     }
-    ignore_missing(sys::unlinkat(parent.as_fd(), name, libc::AT_REMOVEDIR))
 }
 
 /// Something else removing the entry first is as good as removing it.
@@ -1113,6 +1165,40 @@ mod tests {
         assert_eq!(store.list(&UfsPath::root()).await.unwrap().staged, [10]);
         store.discard_in(&UfsPath::root(), 10).await.unwrap();
         assert!(snapshot(dir.path()).is_empty());
+    }
+
+    /// Makes `n` nested folders named `d` under `root` (deeper than a path can
+    /// spell, so level by level through descriptors).
+    fn nest(root: &Path, n: usize) {
+        let mut dir = std::fs::File::open(root).unwrap().into();
+        let d = CString::new("d").unwrap();
+        for _ in 0..n {
+            sys::mkdirat(OwnedFd::as_fd(&dir), &d, 0o755).unwrap();
+            dir = sys::openat2(
+                dir.as_fd(),
+                &d,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                0,
+                libc::RESOLVE_BENEATH,
+            )
+            .unwrap();
+        }
+    }
+
+    /// A recursive delete of a tree nested deeper than any Strata path is refused
+    /// with an error instead of exhausting the stack or the descriptors; a tree
+    /// within the limit goes entirely.
+    #[tokio::test]
+    async fn a_recursive_delete_of_a_bottomless_tree_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("deep")).unwrap();
+        nest(&dir.path().join("deep"), MAX_REMOVE_DEPTH + 10);
+        std::fs::create_dir(dir.path().join("ok")).unwrap();
+        nest(&dir.path().join("ok"), MAX_REMOVE_DEPTH - 1);
+        let store = store_at(dir.path());
+        assert!(store.delete(&p("deep"), true).await.is_err());
+        store.delete(&p("ok"), true).await.unwrap();
+        assert!(store.status(&p("ok")).await.unwrap().is_none());
     }
 
     #[tokio::test]
