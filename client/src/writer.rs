@@ -33,26 +33,30 @@ pub(crate) fn lease_of(lease_ms: u64) -> Option<Duration> {
 }
 
 /// Renews file `id`'s write lease three times per lease until aborted; sets `lost`
-/// when the master says the file is no longer being written. A failed renewal is
-/// retried on the next round: one lost answer does not lose the lease.
+/// when the master says the file is no longer being written. Each call may take
+/// at most a third of the lease, and a failed one is retried after a ninth, so
+/// one lost or hung answer does not lose the lease.
 fn renew(fs: Arc<Inner>, id: u64, lease: Duration, lost: Arc<AtomicBool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let every = lease / 3;
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
-            let req = proto::RenewLeaseRequest { file_ids: vec![id] };
+            tokio::time::sleep(wait).await;
+            let mut req = tonic::Request::new(proto::RenewLeaseRequest { file_ids: vec![id] });
+            req.set_timeout(every);
             match fs.master().renew_lease(req).await {
                 Ok(r) if r.get_ref().lost.contains(&id) => {
                     lost.store(true, Ordering::Release);
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => wait = every,
                 Err(status) => {
                     tracing::debug!(
                         file_id = id,
                         "lease renewal failed: {}",
                         Error::from(status)
                     );
+                    wait = every / 3;
                 }
             }
         }
@@ -81,6 +85,7 @@ pub struct FileWriter {
     failed: bool,
     lease_lost: Arc<AtomicBool>,
     renewal: Option<JoinHandle<()>>,
+    lease: Option<Duration>,
 }
 
 impl Drop for FileWriter {
@@ -100,6 +105,7 @@ impl FileWriter {
         FileWriter {
             lease_lost,
             renewal,
+            lease: created.lease,
             fs,
             info: created.info,
             write_type,
@@ -257,18 +263,25 @@ impl FileWriter {
                 .filter(|_| self.write_type.persists())
                 .map(Into::into),
         };
-        let mut attempt = 0;
+        // Temporary failures (a master restarting, a lost answer) are retried for
+        // up to one lease (at least 30 s, at most 5 minutes) while the lease is
+        // renewed: a file whose bytes were all stored is not given up lightly.
+        let patience = self
+            .lease
+            .unwrap_or_default()
+            .clamp(Duration::from_secs(30), Duration::from_secs(300));
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = Duration::from_millis(100);
         let resp = loop {
-            attempt += 1;
             match self.fs.master().complete_file(req.clone()).await {
                 Ok(r) => break r.into_inner(),
                 Err(status) => {
                     let e = Error::from(status);
-                    if !e.is_temporary() || attempt >= crate::READ_ATTEMPTS {
+                    if !e.is_temporary() || tokio::time::Instant::now() + backoff > deadline {
                         return Err(e);
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
-                        .await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         };

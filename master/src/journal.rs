@@ -184,6 +184,25 @@ pub struct ReclaimEntry {
     pub limit: u32,
 }
 
+/// Where the reclaim of a detached subtree stopped: the folders from its root down
+/// to the one being emptied, each with the last child name passed. Kept as the
+/// value of the subtree's key in the `detached` column family.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReclaimCursor {
+    #[prost(message, repeated, tag = "1")]
+    pub levels: Vec<ReclaimLevel>,
+}
+
+/// One folder of a [`ReclaimCursor`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReclaimLevel {
+    #[prost(uint64, tag = "1")]
+    pub dir: u64,
+    /// Empty before the first child.
+    #[prost(string, tag = "2")]
+    pub after: String,
+}
+
 /// One namespace mutation.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalEntry {

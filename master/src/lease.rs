@@ -7,15 +7,37 @@
 //! incomplete-file index (kept by apply) a fresh lease, so a writer always gets at
 //! least one full lease to reach the master again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The lease table: file id → deadline.
+/// The lease table: file id → deadline, and the same ordered by deadline, so
+/// finding the expired ones costs what they are, not the whole table.
 #[derive(Debug)]
 pub struct Leases {
     duration: Duration,
-    deadlines: Mutex<HashMap<u64, Instant>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<u64, Instant>,
+    by_deadline: BTreeSet<(Instant, u64)>,
+}
+
+impl Table {
+    fn set(&mut self, id: u64, deadline: Instant) {
+        if let Some(old) = self.by_id.insert(id, deadline) {
+            self.by_deadline.remove(&(old, id));
+        }
+        self.by_deadline.insert((deadline, id));
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.by_id.remove(&id) {
+            self.by_deadline.remove(&(old, id));
+        }
+    }
 }
 
 impl Leases {
@@ -23,7 +45,7 @@ impl Leases {
     pub fn new(duration: Duration) -> Self {
         Leases {
             duration,
-            deadlines: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -32,41 +54,39 @@ impl Leases {
         self.duration
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
-        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Grants (or extends) file `id`'s lease from `now`.
     pub fn grant(&self, id: u64, now: Instant) {
-        self.table().insert(id, now + self.duration);
+        self.table().set(id, now + self.duration);
     }
 
     /// Forgets file `id`'s lease (completed or deleted).
     pub fn release(&self, id: u64) {
-        self.table().remove(&id);
+        self.table().remove(id);
     }
 
     /// Whether file `id` has a lease that ran out before `now`.
     pub fn is_expired(&self, id: u64, now: Instant) -> bool {
-        self.table().get(&id).is_some_and(|d| *d <= now)
+        self.table().by_id.get(&id).is_some_and(|d| *d <= now)
     }
 
     /// Up to `limit` files whose lease ran out before `now`, earliest first.
     pub fn expired(&self, now: Instant, limit: usize) -> Vec<u64> {
-        let mut out: Vec<(Instant, u64)> = self
-            .table()
+        self.table()
+            .by_deadline
             .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(id, d)| (*d, *id))
-            .collect();
-        out.sort_unstable();
-        out.truncate(limit);
-        out.into_iter().map(|(_, id)| id).collect()
+            .take_while(|(d, _)| *d <= now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// Leases held.
     pub fn len(&self) -> usize {
-        self.table().len()
+        self.table().by_id.len()
     }
 
     /// Whether no lease is held.

@@ -60,7 +60,11 @@ impl MasterHandle {
 async fn reclaim_detached(ns: Arc<Namespace>, shutdown: CancellationToken) {
     loop {
         let pause = match ns.reclaim_step().await {
-            Ok(true) => None,
+            Ok(true) => {
+                // Other mutations share the journal: let them in between batches.
+                tokio::task::yield_now().await;
+                None
+            }
             Ok(false) => Some(std::time::Duration::from_secs(10)),
             Err(e) => {
                 tracing::warn!("cannot reclaim a deleted folder's inodes: {e}");
@@ -93,16 +97,26 @@ async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        for id in ns.expired_leases(1024) {
-            if shutdown.is_cancelled() {
-                return;
+        // Expired leases are handled a bounded batch at a time, up to 64 batches a
+        // pass (a failed removal is granted a new lease; a file moved meanwhile
+        // waits for the next pass).
+        for _ in 0..64 {
+            let batch = ns.expired_leases(1024);
+            if batch.is_empty() {
+                break;
             }
-            if let Err(e) = ns.expire_lease(id).await {
-                tracing::warn!(
-                    file_id = id.0,
-                    "cannot remove a file whose lease expired: {e}"
-                );
+            for id in batch {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if let Err(e) = ns.expire_lease(id).await {
+                    tracing::warn!(
+                        file_id = id.0,
+                        "cannot remove a file whose lease expired: {e}"
+                    );
+                }
             }
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -38,7 +38,7 @@ pub const LIST_PAGE_DEFAULT: usize = 1000;
 /// The largest listing page (about 1 MiB of entries on the wire).
 pub const LIST_PAGE_MAX: usize = 10_000;
 /// Inodes one reclaim entry removes from a deleted folder's subtree.
-const RECLAIM_BATCH: u32 = 4096;
+const RECLAIM_BATCH: u32 = 1024;
 /// Files whose cached blocks `free` drops at a time.
 const FREE_BATCH: usize = 4096;
 /// Entries of a folder read at a time by a walk of a subtree.
@@ -408,6 +408,16 @@ impl Namespace {
         self.store.adopts_unclaimed_storage()
     }
 
+    /// The path of inode `id` now; `None` if it was deleted (or lies in a deleted
+    /// folder).
+    fn current_path(&self, id: FileId) -> Result<Option<StrataPath>> {
+        match self.path_of(id.0) {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The path of inode `id`, by walking up to the root. `NotFound` for an inode
     /// of a deleted folder whose subtree is still being reclaimed: no path leads
     /// to it.
@@ -487,12 +497,14 @@ impl Namespace {
     }
 
     /// Loads the children the under-store has and the namespace lacks, and drops the
-    /// complete, persisted files it no longer has.
-    async fn sync_children(&self, path: &StrataPath, dir_id: u64) -> Result<()> {
+    /// complete, persisted files it no longer has. Returns the keys of the copies
+    /// staged in the folder when it was last listed (see [`Self::sweep_staged`]).
+    async fn sync_children(&self, path: &StrataPath, dir_id: u64) -> Result<Vec<u64>> {
         let Some(hit) = self.mount_for(path) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let ufs = self.under_store(&hit.record.uri)?;
+        let mut staged = Vec::new();
         for _ in 0..SYNC_ATTEMPTS {
             // The version is read before listing: apply refuses the load if the
             // directory changed after this point (a delete must not be undone).
@@ -516,13 +528,10 @@ impl Namespace {
             let listed = match ufs.list(&hit.ufs_path()?).await {
                 Ok(v) => v,
                 // The directory exists only in Strata (written MUST_CACHE): nothing to load.
-                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(()),
+                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(staged),
                 Err(e) => return Err(e),
             };
-            if !hit.record.read_only {
-                self.sweep_staged(path, &hit, dir_id, &ufs, &listed.staged)
-                    .await;
-            }
+            staged = listed.staged;
             let mut listed = listed.entries;
             if !listed.is_sorted_by(|a, b| a.name <= b.name) {
                 listed.sort_by(|a, b| a.name.cmp(&b.name));
@@ -592,10 +601,10 @@ impl Namespace {
                     .await?
                     .is_some()
             {
-                return Ok(());
+                return Ok(staged);
             }
         }
-        Ok(())
+        Ok(staged)
     }
 
     /// Calls `visit` with each page of directory `dir`'s entries, in name order.
@@ -618,17 +627,25 @@ impl Namespace {
     }
 
     /// Removes the copies staged in the under-store folder of directory `dir_id`
-    /// that no writer can publish any more: their file was deleted (its lease
-    /// expired, or a delete raced the writer's start), completed, or lives in
-    /// another folder. A failure is logged; the next listing tries again.
-    async fn sweep_staged(
-        &self,
-        path: &StrataPath,
-        hit: &MountHit,
-        dir_id: u64,
-        ufs: &Arc<dyn UnderStore>,
-        staged: &[u64],
-    ) {
+    /// (at `path`) that no writer can publish any more: their file was deleted (its
+    /// lease expired, or a delete raced the writer's start), completed, or lives in
+    /// another folder. The caller holds `path`'s lock and has checked that `path`
+    /// still names `dir_id`, so no file can be created in the folder, nor the folder
+    /// replaced, meanwhile. A failure is logged; the next listing tries again.
+    async fn sweep_staged(&self, path: &StrataPath, dir_id: u64, staged: &[u64]) {
+        if staged.is_empty() {
+            return;
+        }
+        let Some(hit) = self.mount_for(path) else {
+            return;
+        };
+        if hit.record.read_only {
+            return;
+        }
+        let (ufs, dir) = match (self.under_store(&hit.record.uri), hit.ufs_path()) {
+            (Ok(u), Ok(d)) => (u, d),
+            _ => return,
+        };
         for &key in staged {
             let live = match self.store.get_inode(key) {
                 Ok(Some(rec)) => !rec.is_dir && !rec.complete && rec.parent_id == dir_id,
@@ -638,15 +655,24 @@ impl Namespace {
             if live {
                 continue;
             }
-            let removed = match hit.ufs_path() {
-                Ok(dir) => ufs.discard_in(&dir, key).await,
-                Err(e) => Err(e),
-            };
-            match removed {
+            match ufs.discard_in(&dir, key).await {
                 Ok(()) => tracing::info!(%path, key, "removed a stale staged copy"),
                 Err(e) => tracing::warn!(%path, key, "cannot remove a stale staged copy: {e}"),
             }
         }
+    }
+
+    /// Sweeps the staged copies a listing of `path` found, once `path` is locked and
+    /// still names the folder `dir_id` that was listed.
+    async fn sweep_listed(&self, path: &StrataPath, dir_id: u64, staged: &[u64]) -> Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.locks.lock(&[path]).await;
+        if self.resolve(path)?.found().map(|r| r.id) == Some(dir_id) {
+            self.sweep_staged(path, dir_id, staged).await;
+        }
+        Ok(())
     }
 
     /// Proposes loading `batch` (emptied) into the directory, expecting its children
@@ -701,7 +727,8 @@ impl Namespace {
             });
         }
         if start_after.is_none() {
-            self.sync_children(path, rec.id).await?;
+            let staged = self.sync_children(path, rec.id).await?;
+            self.sweep_listed(path, rec.id, &staged).await?;
         }
         let (children, more) = self.store.list_children_page(rec.id, start_after, limit)?;
         let cursor = children.last().map(|(n, _)| n.clone()).unwrap_or_default();
@@ -888,27 +915,34 @@ impl Namespace {
         ufs: Option<UfsFingerprint>,
         staged_at: Option<UfsLocation>,
     ) -> Result<FileInfo> {
-        // Deleted while it was written (gone, or in a deleted folder still being
-        // reclaimed): its writer's staged copy may have been made after the delete
-        // looked. File ids are never reused, so the copy staged under this id is
-        // nobody else's.
-        let found = match self.store.get_inode(id.0)? {
-            Some(rec) => match self.path_of(id.0) {
-                Ok(path) => Some((rec, path)),
-                Err(Error::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let Some((rec, path)) = found else {
-            if let Some(loc) = staged_at {
-                self.discard_orphan(id, &loc).await?;
+        // The path is read before its lock is taken; a folder renamed in between
+        // moves the file, so it is read again under the lock and the lock taken
+        // anew if it changed.
+        let mut attempts = 0;
+        let (rec, path, _guard) = loop {
+            attempts += 1;
+            let Some(path) = self.current_path(id)? else {
+                // Deleted while it was written (gone, or in a deleted folder still
+                // being reclaimed): its writer's staged copy may have been made
+                // after the delete looked. File ids are never reused, so the copy
+                // staged under this id is nobody else's.
+                if let Some(loc) = staged_at {
+                    self.discard_orphan(id, &loc).await?;
+                }
+                return Err(Error::NotFound {
+                    path: format!("file id {id}"),
+                });
+            };
+            let guard = self.locks.lock(&[&path]).await;
+            if self.current_path(id)?.as_ref() == Some(&path) {
+                break (self.inode(id.0)?, path, guard);
             }
-            return Err(Error::NotFound {
-                path: format!("file id {id}"),
-            });
+            if attempts >= SYNC_ATTEMPTS {
+                return Err(Error::unavailable(format!(
+                    "{path}: its folder kept moving while the file was completed"
+                )));
+            }
         };
-        let _guard = self.locks.lock(&[&path]).await;
         if rec.is_dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
@@ -1053,7 +1087,8 @@ impl Namespace {
             // there is nothing to load first (a folder of millions would load it
             // all just to drop it).
             if !recursive {
-                self.sync_children(path, rec.id).await?;
+                let staged = self.sync_children(path, rec.id).await?;
+                self.sweep_staged(path, rec.id, &staged).await; // the path is locked
                 if !self.store.list_children_page(rec.id, None, 1)?.0.is_empty() {
                     return Err(Error::DirectoryNotEmpty {
                         path: path.to_string(),
@@ -1061,23 +1096,30 @@ impl Namespace {
                 }
             }
         }
-        self.remove_locked(path, &rec, recursive).await
+        self.remove_locked(path, &rec, recursive, false).await
     }
 
     /// Removes `rec` at `path` (whose lock the caller holds), in the under-store
-    /// first, then in the namespace; drops its files' cached blocks.
+    /// first, then in the namespace; drops its files' cached blocks. With
+    /// `staged_only` (an incomplete file whose lease expired) only the writer's
+    /// staged copy goes: whatever sits at the path in the under-store (a copy
+    /// published by a completion whose answer was lost, or a file put there
+    /// outside Strata) stays, and the next listing loads it.
     async fn remove_locked(
         &self,
         path: &StrataPath,
         rec: &InodeRecord,
         recursive: bool,
+        staged_only: bool,
     ) -> Result<()> {
         if let Some(hit) = self.mount_for(path) {
             // An incomplete file may have an under-store copy on the way: remove it too.
             if rec.is_dir || rec.persisted || (!rec.complete && !hit.record.read_only) {
                 hit.writable(path)?;
                 let ufs = self.under_store(&hit.record.uri)?;
-                ufs.delete(&hit.ufs_path()?, recursive).await?;
+                if !staged_only {
+                    ufs.delete(&hit.ufs_path()?, recursive).await?;
+                }
                 if !rec.is_dir && !rec.complete {
                     // Its writer's staged copy, finished or not, goes too: completing
                     // the file later finds nothing to publish.
@@ -1112,8 +1154,11 @@ impl Namespace {
         let now = Instant::now();
         let mut lost = Vec::new();
         for &id in ids {
+            // A file in a deleted folder (still being reclaimed) has no path: lost.
             match self.store.get_inode(id)? {
-                Some(rec) if !rec.is_dir && !rec.complete => self.leases.grant(id, now),
+                Some(rec) if !rec.is_dir && !rec.complete && self.path_of(id).is_ok() => {
+                    self.leases.grant(id, now)
+                }
                 _ => lost.push(id),
             }
         }
@@ -1168,7 +1213,7 @@ impl Namespace {
         if self.path_of(id.0).ok().as_ref() != Some(&path) {
             return Ok(false); // moved with its folder meanwhile: the next pass sees it
         }
-        match self.remove_locked(&path, &rec, false).await {
+        match self.remove_locked(&path, &rec, false, true).await {
             Ok(()) => {
                 self.leases.release(id.0);
                 tracing::info!(%path, file_id = id.0, "write lease expired: file removed");
@@ -1456,6 +1501,11 @@ impl Namespace {
         let mut freed = 0u64;
         let mut batch = Vec::new();
         self.walk_files(path, &rec, |_, _, f| {
+            // A file written since the first walk was not checked: never dropped
+            // unless it is persisted.
+            if !f.persisted {
+                return Ok(());
+            }
             batch.push(FileId(f.id));
             if batch.len() >= FREE_BATCH {
                 freed += self.registry.drop_files(&batch) as u64;

@@ -154,7 +154,10 @@ fn temp_key(name: &str) -> Option<u64> {
     if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok()
+    // Only the exact spelling `temp_name` makes (lowercase, no leading zeros), so a
+    // look-alike name of someone else's is never taken for a staged copy.
+    let key = u64::from_str_radix(hex, 16).ok()?;
+    (format!("{key:x}") == hex).then_some(key)
 }
 
 fn is_dir(st: &libc::stat) -> bool {
@@ -1228,6 +1231,9 @@ mod tests {
             ("..strata-tmp", None),
             (".x1.strata-tmp", None),
             (".+1.strata-tmp", None),
+            (".FF.strata-tmp", None),
+            (".0ff.strata-tmp", None),
+            (".0.strata-tmp", Some(0)),
             ("1.strata-tmp", None),
         ] {
             assert_eq!(temp_key(name), key, "{name}");

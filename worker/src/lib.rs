@@ -323,12 +323,21 @@ async fn register(d: &HeartbeatDeps) -> Result<u64> {
             let dropped = tokio::task::spawn_blocking(move || store.adopt_cluster(&cluster, keep))
                 .await
                 .map_err(|e| Error::internal(format!("adopting the cluster: {e}")))??;
-            tracing::warn!(
-                cluster = %resp.cluster_id,
-                previous = %storage_cluster,
-                dropped,
-                "storage belonged to another cluster: emptied and adopted"
-            );
+            if storage_cluster.is_empty() {
+                tracing::info!(
+                    cluster = %resp.cluster_id,
+                    kept = keep,
+                    dropped,
+                    "storage adopted by the cluster"
+                );
+            } else {
+                tracing::warn!(
+                    cluster = %resp.cluster_id,
+                    previous = %storage_cluster,
+                    dropped,
+                    "storage belonged to another cluster: emptied and adopted"
+                );
+            }
             continue;
         }
         d.master.worker_id.store(resp.worker_id, Ordering::Release);
