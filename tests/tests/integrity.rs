@@ -1176,3 +1176,144 @@ async fn a_delete_naming_a_file_id_spares_a_newer_file_at_the_path() {
     assert!(!c.fs.exists("/same").await.unwrap());
     c.stop().await;
 }
+
+/// A folder is renamed while a file inside it is being completed: the rename holds
+/// the folder between its under-store move and its journal entry while the writer
+/// closes. The completion follows the file to its new path; the under-store copy
+/// is published there and nothing is left under the old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_completed_while_its_folder_is_renamed_lands_at_the_new_path() {
+    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
+    let c = MiniCluster::start(ClusterOptions {
+        master_pause: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    let data = pattern(2 * BS as usize + 9, 12);
+    let mut w =
+        c.fs.create(
+            "/d/f",
+            CreateOptions {
+                recursive: true,
+                write_type: Some(WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&data).await.unwrap();
+    let id = w.info().id;
+    wait_for_files(&c.underfs().join("d"), 1).await;
+
+    pause.arm();
+    let fs = c.fs.clone();
+    let rename = tokio::spawn(async move { fs.rename("/d", "/e").await });
+    pause.reached().await;
+    // The writer closes while the rename is held: it learns the file's path (still
+    // /d/f) and waits for the path's lock, which the rename holds.
+    let close = tokio::spawn(async move { w.close().await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    pause.release();
+    rename.await.unwrap().unwrap();
+    let info = close
+        .await
+        .unwrap()
+        .expect("the file completes at its new path");
+    assert_eq!(info.id, id);
+    assert!(info.complete && info.persisted, "{info:?}");
+    assert_eq!(info.path.to_string(), "/e/f");
+    assert_eq!(read_all(&c.fs, "/e/f").await, data);
+    assert!(!c.fs.exists("/d").await.unwrap());
+    assert_eq!(under_store_files(&c.underfs()), ["e/f"]);
+    assert_eq!(std::fs::read(c.underfs().join("e/f")).unwrap(), data);
+    c.stop().await;
+}
+
+/// A writer whose folder was deleted (recursively, with more files than one
+/// reclaim batch) is told at once that its file is lost, while the folder's
+/// inodes are still being reclaimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewing_a_file_of_a_deleted_folder_reports_it_lost() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut m = master_client(&c);
+    c.fs.mkdir("/big", false).await.unwrap();
+    let create = |path: String| proto::CreateFileRequest {
+        path,
+        block_size: BS,
+        recursive: false,
+        write_type: proto::WriteType::MustCache as i32,
+    };
+    for i in 0..3000 {
+        m.create_file(create(format!("/big/f{i:05}")))
+            .await
+            .unwrap();
+    }
+    // Named to be reclaimed last.
+    let id = m
+        .create_file(create("/big/zzz".into()))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap()
+        .id;
+    c.fs.delete("/big", true).await.unwrap();
+    let renewed = m
+        .renew_lease(proto::RenewLeaseRequest { file_ids: vec![id] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.lost, [id], "a file of a deleted folder is lost");
+    c.stop().await;
+}
+
+/// An abandoned writer's file expires while a file of the same name was put into
+/// the under-store by someone else: the expiry removes only what the writer made
+/// (its inode, its staged copy), never the outside file, which Strata then lists
+/// and reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_write_spares_an_outside_file_of_the_same_name() {
+    let c = short_lease_cluster().await;
+    c.fs.mkdir("/out", false).await.unwrap();
+    for (i, wt) in [WriteType::MustCache, WriteType::CacheThrough]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("/out/p{i}");
+        let mut w =
+            c.fs.create(
+                &path,
+                CreateOptions {
+                    write_type: Some(wt),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        w.write(&pattern(BS as usize + 1, 13)).await.unwrap();
+        if wt.persists() {
+            wait_for_files(&c.underfs().join("out"), 2).await;
+        }
+        drop(w);
+        let outside = format!("outside {i}").into_bytes();
+        std::fs::write(c.underfs().join(format!("out/p{i}")), &outside).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match c.fs.get_status(&path).await {
+                Ok(f) if f.complete => break,
+                Ok(_) => {}
+                Err(e) => panic!("{wt}: {path}: {e}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "{wt}: never expired");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(read_all(&c.fs, &path).await, outside, "{wt}");
+        assert_eq!(
+            std::fs::read(c.underfs().join(format!("out/p{i}"))).unwrap(),
+            outside
+        );
+        assert!(list_names(&c.fs, "/out").await.contains(&format!("p{i}")));
+    }
+    assert_eq!(under_store_files(&c.underfs().join("out")), ["p0", "p1"]);
+    c.stop().await;
+}
