@@ -8,10 +8,16 @@
 //! Environment names: `STRATA_` followed by the key path in upper case, sections
 //! separated by a double underscore: `data_dir` is `STRATA_DATA_DIR`,
 //! `worker.mem_quota` is `STRATA_WORKER__MEM_QUOTA`.
+//!
+//! Loading never panics, whatever the file, the environment or the flags hold; a
+//! configuration that loads keeps every promise of `validate`: sizes and durations
+//! within their ranges (no duration past [`MAX_DURATION`]), and every master address
+//! a `host:port` a client can connect to.
 
 use crate::types::{ReadType, WriteType};
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Environment variables that start with `STRATA_` but are not configuration keys.
@@ -21,6 +27,15 @@ pub const NON_KEY_ENV: [&str; 2] = ["STRATA_CONF", "STRATA_LOG"];
 pub const DEFAULT_MASTER_PORT: u16 = 19998;
 /// Default worker RPC port.
 pub const DEFAULT_WORKER_PORT: u16 = 29999;
+
+/// Longest duration any setting takes: past any sensible timeout or interval, and
+/// short enough that a timer or keepalive deadline (a clock reading plus the
+/// duration) cannot overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Most dot-separated parts of a key. Real keys have two at most; the bound keeps a
+/// flag or variable such as `a.a.a.…` from nesting tables until the stack overflows.
+const MAX_KEY_PARTS: usize = 8;
 
 /// A configuration problem, naming the key (or file, or variable) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -205,11 +220,7 @@ impl SiteConfig {
             None => toml::Table::new(),
         };
         if opts.use_env {
-            let mut vars: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| k.starts_with("STRATA_") && !NON_KEY_ENV.contains(&k.as_str()))
-                .collect();
-            vars.sort();
-            for (var, value) in vars {
+            for (var, value) in env_settings(std::env::vars_os())? {
                 let key = env_var_to_key(&var);
                 set_key(&mut table, &key, &value).map_err(|e| cfg_err(&var, e.reason))?;
             }
@@ -232,10 +243,13 @@ impl SiteConfig {
         let cfg: SiteConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                cfg_err(
-                    if key == "." { "file".to_string() } else { key },
-                    e.inner().to_string(),
-                )
+                let key = match key.as_str() {
+                    "." => "file".to_string(),
+                    // A key spelled `""` in the file.
+                    "" => "\"\"".to_string(),
+                    _ => key,
+                };
+                cfg_err(key, e.inner().to_string())
             })?;
         cfg.validate()?;
         Ok(cfg)
@@ -249,14 +263,10 @@ impl SiteConfig {
             ));
         }
         for addr in &self.master_addresses {
-            if addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if !is_host_port(addr) {
                 return Err(cfg_err(
                     "master_addresses",
-                    format!("{addr:?} is not host:port"),
+                    format!("{addr:?} is not host:port (a host name or IP address, a port from 1 to 65535)"),
                 ));
             }
         }
@@ -325,6 +335,26 @@ impl SiteConfig {
         if self.master.inode_cache_entries == 0 {
             return Err(cfg_err("master.inode_cache_entries", "must be more than 0"));
         }
+        for (key, d) in [
+            ("master.worker_timeout", self.master.worker_timeout.0),
+            (
+                "worker.heartbeat_interval",
+                self.worker.heartbeat_interval.0,
+            ),
+            ("client.rpc_timeout", self.client.rpc_timeout.0),
+            ("client.connect_timeout", self.client.connect_timeout.0),
+            (
+                "client.keepalive_interval",
+                self.client.keepalive_interval.0,
+            ),
+            ("client.data_timeout", self.client.data_timeout.0),
+        ] {
+            // Past it, `Instant + d` can overflow; a client's HTTP/2 keepalive timer
+            // adds its interval to an `Instant` so, and panics on overflow.
+            if d > MAX_DURATION {
+                return Err(cfg_err(key, "must be at most 365 days"));
+            }
+        }
         Ok(())
     }
 
@@ -345,6 +375,57 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e: toml::de::Error| cfg_err(path.display().to_string(), e.to_string()))
 }
 
+/// The `STRATA_*` settings among `vars`, sorted. A name or value that is not UTF-8
+/// is an error naming the variable; variables of other programs may hold any bytes.
+fn env_settings(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut settings = Vec::new();
+    for (name, value) in vars {
+        if !name.as_encoded_bytes().starts_with(b"STRATA_") {
+            continue;
+        }
+        let name = name
+            .into_string()
+            .map_err(|name| cfg_err(name.to_string_lossy(), "name is not UTF-8"))?;
+        if NON_KEY_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| cfg_err(&name, "value is not UTF-8"))?;
+        settings.push((name, value));
+    }
+    settings.sort();
+    Ok(settings)
+}
+
+/// Whether `addr` is `host:port` as a client dials it (`http://host:port`): a DNS
+/// name or IPv4 address, or an IPv6 address in brackets, and a port from 1 to 65535.
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && matches!(port.parse::<u16>(), Ok(1..));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            !v6.is_empty()
+                && v6
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    port_ok && host_ok
+}
+
 fn env_var_to_key(var: &str) -> String {
     var["STRATA_".len()..]
         .split("__")
@@ -362,10 +443,18 @@ fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Config
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let mut parts: Vec<&str> = key.split('.').collect();
+    if parts.len() > MAX_KEY_PARTS {
+        let start: String = key.chars().take(40).collect();
+        return Err(cfg_err(
+            format!("{start}..."),
+            format!("no key has more than {MAX_KEY_PARTS} parts"),
+        ));
+    }
     let last = parts
         .pop()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| cfg_err(key, "empty key"))?;
+        // An error names its key; name the empty one visibly.
+        .ok_or_else(|| cfg_err(format!("{key:?}"), "empty key"))?;
     let mut cur = table;
     for part in parts {
         let entry = cur
@@ -455,6 +544,112 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_deeply_dotted_key_is_an_error_not_a_stack_overflow() {
+        // A flag `-D a.a.a.…=1` (or the variable `STRATA_A__A__…`) nested one table
+        // per part; dropping 100,000 of them overflowed the stack and aborted.
+        let key = vec!["a"; 100_000].join(".");
+        let err = SiteConfig::load(&LoadOptions {
+            overrides: vec![(key, "1".into())],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.reason.contains("parts"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_key_is_named_in_its_error() {
+        for key in ["", "worker."] {
+            let err = SiteConfig::load(&LoadOptions {
+                overrides: vec![(key.into(), "1".into())],
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.key, format!("{key:?}"));
+        }
+        let err = SiteConfig::from_toml_str("\"\" = 1").unwrap_err();
+        assert_eq!(err.key, "\"\"");
+    }
+
+    #[test]
+    fn a_variable_that_is_not_utf8_is_an_error_not_a_panic() {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let err = env_settings([(bytes(b"STRATA_DATA_DIR"), bytes(b"/x\xff"))]).unwrap_err();
+        assert_eq!(err.key, "STRATA_DATA_DIR");
+        // Another program's variable is none of our business, whatever its bytes.
+        let ok = env_settings([
+            (bytes(b"OTHER\xff"), bytes(b"\xfe")),
+            (bytes(b"STRATA_LOG"), bytes(b"info")),
+            (bytes(b"STRATA_WORKER__MEM_QUOTA"), bytes(b"1GiB")),
+        ])
+        .unwrap();
+        assert_eq!(ok, [("STRATA_WORKER__MEM_QUOTA".into(), "1GiB".into())]);
+    }
+
+    #[test]
+    fn loading_the_environment_survives_a_variable_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        // `std::env::vars` panics on any such variable, ours or not. No other test
+        // of this crate reads the whole environment, and the variable goes after.
+        let name = "STRATA_TEST_NOT_UTF8_NOT_A_KEY";
+        std::env::set_var(name, std::ffi::OsStr::from_bytes(b"\xff"));
+        let result = SiteConfig::load(&LoadOptions {
+            use_env: true,
+            ..Default::default()
+        });
+        std::env::remove_var(name);
+        assert_eq!(result.unwrap_err().key, name);
+    }
+
+    #[test]
+    fn a_duration_too_long_for_a_clock_is_refused() {
+        // Accepted before; a client's keepalive timer then adds it to an `Instant`,
+        // which panics on overflow.
+        for key in [
+            "client.keepalive_interval",
+            "client.rpc_timeout",
+            "client.connect_timeout",
+            "client.data_timeout",
+            "master.worker_timeout",
+        ] {
+            let err = SiteConfig::load(&LoadOptions {
+                overrides: vec![(key.into(), "5124095576030431h".into())],
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.key, key);
+        }
+        assert!(std::time::Instant::now()
+            .checked_add(MAX_DURATION * 2)
+            .is_some());
+    }
+
+    #[test]
+    fn master_addresses_need_a_host_and_a_port_from_1_to_65535() {
+        let load = |addr: &str| {
+            SiteConfig::load(&LoadOptions {
+                overrides: vec![("master_addresses".into(), format!("[{addr:?}]"))],
+                ..Default::default()
+            })
+        };
+        // All accepted before: no host, port 0, a sign, a path, a user.
+        for bad in [
+            ":19998", "host:0", "host:+5", "a/b:1", "u@h:1", "[]:1", "h:65536", "h",
+        ] {
+            let err = load(bad).unwrap_err();
+            assert_eq!(err.key, "master_addresses", "{bad}");
+        }
+        for good in [
+            "127.0.0.1:19998",
+            "strata-master-0.svc:1",
+            "[::1]:65535",
+            "my_host:80",
+        ] {
+            assert!(load(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

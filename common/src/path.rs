@@ -2,8 +2,10 @@
 //!
 //! A [`StrataPath`] is absolute, `/`-separated, with no empty component, no NUL, no
 //! `.` or `..`, each name at most [`MAX_NAME_BYTES`] bytes. One trailing `/` is
-//! accepted and dropped (`ls /dir/`). Because `..` can never be spelled, no namespace
-//! path can climb out of the directory it names, and so never out of a mount.
+//! accepted and dropped (`ls /dir/`), and the whole path, that `/` aside, is at most
+//! [`MAX_PATH_BYTES`]; every path made here (`join`, `parent`) parses back to itself.
+//! Because `..` can never be spelled, no namespace path can climb out of the directory
+//! it names, and so never out of a mount.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -35,9 +37,6 @@ impl StrataPath {
         if !raw.starts_with('/') {
             return Err(bad("path must be absolute (start with '/')"));
         }
-        if raw.len() > MAX_PATH_BYTES {
-            return Err(bad("path is too long"));
-        }
         if raw.contains('\0') {
             return Err(bad("path contains a NUL byte"));
         }
@@ -45,6 +44,9 @@ impl StrataPath {
             return Ok(Self::root());
         }
         let body = raw.strip_suffix('/').unwrap_or(raw);
+        if body.len() > MAX_PATH_BYTES {
+            return Err(bad("path is too long"));
+        }
         for name in body[1..].split('/') {
             validate_name(name).map_err(|reason| bad(&reason))?;
         }
@@ -93,17 +95,23 @@ impl StrataPath {
         })
     }
 
-    /// This path with one more component; the name is validated.
+    /// This path with one more component; the name is validated, and so is the
+    /// length of the result.
     pub fn join(&self, name: &str) -> Result<StrataPath> {
-        validate_name(name).map_err(|reason| Error::InvalidPath {
-            path: format!("{}/{}", self.0.trim_end_matches('/'), name),
-            reason,
-        })?;
-        Ok(if self.is_root() {
-            StrataPath(format!("/{name}"))
+        let joined = if self.is_root() {
+            format!("/{name}")
         } else {
-            StrataPath(format!("{}/{}", self.0, name))
-        })
+            format!("{}/{}", self.0, name)
+        };
+        let bad = |reason: String| Error::InvalidPath {
+            path: joined.clone(),
+            reason,
+        };
+        validate_name(name).map_err(bad)?;
+        if joined.len() > MAX_PATH_BYTES {
+            return Err(bad(format!("path is longer than {MAX_PATH_BYTES} bytes")));
+        }
+        Ok(StrataPath(joined))
     }
 
     /// Whether `self` is `other` or lies below it.
@@ -206,5 +214,35 @@ mod tests {
         assert!(abc.relative_to(&a).is_none());
         assert_eq!(a.join("c").unwrap().as_str(), "/a/c");
         assert!(a.join("..").is_err());
+    }
+
+    /// A path of exactly `len` bytes of 255-byte names.
+    fn path_of_len(len: usize) -> String {
+        let mut s = String::new();
+        while s.len() < len {
+            s.push('/');
+            s.push_str(&"x".repeat((len - s.len()).min(MAX_NAME_BYTES)));
+        }
+        s
+    }
+
+    #[test]
+    fn join_refuses_a_path_longer_than_parse_accepts() {
+        let full = StrataPath::parse(&path_of_len(MAX_PATH_BYTES - 2)).unwrap();
+        // Was accepted: a path `parse` refuses, so a listing that showed it could not
+        // be read back by a client.
+        let err = full.join("yz").unwrap_err();
+        assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
+        let joined = full.join("y").unwrap();
+        assert_eq!(joined.as_str().len(), MAX_PATH_BYTES);
+        assert_eq!(StrataPath::parse(joined.as_str()).unwrap(), joined);
+    }
+
+    #[test]
+    fn a_path_at_the_limit_may_end_with_a_slash() {
+        let raw = path_of_len(MAX_PATH_BYTES);
+        let p = StrataPath::parse(&raw).unwrap();
+        assert_eq!(StrataPath::parse(&format!("{raw}/")).unwrap(), p);
+        assert!(StrataPath::parse(&path_of_len(MAX_PATH_BYTES + 2)).is_err());
     }
 }

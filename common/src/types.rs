@@ -5,8 +5,8 @@
 //! nothing past the edge checks a prost `Option` again.
 
 use crate::error::{Error, Result};
-use crate::ids::{BlockId, FileId, WorkerId};
-use crate::path::{validate_name, StrataPath};
+use crate::ids::{BlockId, FileId, WorkerId, MAX_FILE_ID};
+use crate::path::{validate_name, StrataPath, MAX_PATH_BYTES};
 use crate::proto;
 use serde::Deserialize;
 use std::fmt;
@@ -291,9 +291,20 @@ impl UfsLocation {
 }
 
 /// Splits and validates an under-store relative path (`a/b/c`, or empty for the root).
+/// It is no longer than a namespace path below `/` can be (a file's under-store path
+/// is its namespace path below its mount point).
 pub fn split_relative(relative: &str) -> Result<Vec<String>> {
     if relative.is_empty() {
         return Ok(Vec::new());
+    }
+    if relative.len() >= MAX_PATH_BYTES {
+        return Err(Error::InvalidPath {
+            path: relative.to_string(),
+            reason: format!(
+                "under-store path is longer than {} bytes",
+                MAX_PATH_BYTES - 1
+            ),
+        });
     }
     relative
         .split('/')
@@ -507,12 +518,17 @@ impl TryFrom<proto::GetFileBlocksResponse> for FileBlocks {
                 .into_iter()
                 .map(BlockLocation::try_from)
                 .collect::<Result<_>>()?,
+            // The fingerprint means something only with the location, and travels
+            // only with it (see the `From` below); alone it is ignored.
+            ufs_fingerprint: match &p.ufs {
+                Some(_) => p
+                    .ufs_fingerprint
+                    .map(UfsFingerprint::try_from)
+                    .transpose()?
+                    .unwrap_or_default(),
+                None => UfsFingerprint::default(),
+            },
             ufs: p.ufs.map(UfsLocation::try_from).transpose()?,
-            ufs_fingerprint: p
-                .ufs_fingerprint
-                .map(UfsFingerprint::try_from)
-                .transpose()?
-                .unwrap_or_default(),
             cluster_id: cluster_id(p.cluster_id)?,
         };
         blocks.validate()?;
@@ -548,6 +564,9 @@ pub struct MountPointInfo {
 impl TryFrom<proto::MountPointInfo> for MountPointInfo {
     type Error = Error;
     fn try_from(p: proto::MountPointInfo) -> Result<Self> {
+        if p.uri.is_empty() {
+            return Err(Error::invalid_argument("uri", "missing"));
+        }
         Ok(MountPointInfo {
             path: StrataPath::parse(&p.path)?,
             uri: p.uri,
@@ -664,6 +683,12 @@ impl TryFrom<proto::ReadBlockRequest> for ReadBlock {
         if p.length == 0 {
             return Err(Error::invalid_argument("length", "must be more than 0"));
         }
+        if p.offset.checked_add(p.length).is_none() {
+            return Err(Error::invalid_argument(
+                "length",
+                format!("range {}+{} ends past 2^64", p.offset, p.length),
+            ));
+        }
         if let Some(s) = &source {
             if p.offset
                 .checked_add(p.length)
@@ -727,10 +752,22 @@ impl TryFrom<proto::WriteFileHeader> for WriteFileHeader {
         let write_type: WriteType = p.write_type.try_into()?;
         crate::ids::check_block_size("block_size", p.block_size)?;
         let ufs = p.ufs.map(UfsLocation::try_from).transpose()?;
-        if write_type.persists() && ufs.is_none() {
+        if write_type.persists() != ufs.is_some() {
             return Err(Error::invalid_argument(
                 "ufs",
-                format!("required by {write_type}"),
+                if write_type.persists() {
+                    format!("required by {write_type}")
+                } else {
+                    format!("not used by {write_type}")
+                },
+            ));
+        }
+        // The worker names the file's blocks by its id: 0 is no file, and an id past
+        // MAX_FILE_ID has no block ids.
+        if !(1..=MAX_FILE_ID).contains(&p.file_id) {
+            return Err(Error::invalid_argument(
+                "file_id",
+                format!("{} is outside 1..={MAX_FILE_ID}", p.file_id),
             ));
         }
         Ok(WriteFileHeader {
@@ -780,6 +817,117 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }));
+    }
+
+    fn header(write_type: proto::WriteType, ufs: bool, file_id: u64) -> proto::WriteFileHeader {
+        proto::WriteFileHeader {
+            file_id,
+            block_size: 1 << 20,
+            write_type: write_type as i32,
+            ufs: ufs.then(|| proto::UfsLocation {
+                mount_uri: "file:///lake".into(),
+                path: "a/b".into(),
+            }),
+            sync: false,
+            cluster_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn a_write_header_has_a_location_exactly_when_it_persists() {
+        use proto::WriteType as W;
+        for (write_type, ufs, ok) in [
+            (W::MustCache, false, true),
+            (W::MustCache, true, false),
+            (W::CacheThrough, true, true),
+            (W::CacheThrough, false, false),
+            (W::Through, true, true),
+            (W::Through, false, false),
+        ] {
+            let got = WriteFileHeader::try_from(header(write_type, ufs, 7));
+            assert_eq!(got.is_ok(), ok, "{write_type:?} with ufs {ufs}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_header_names_a_file_that_can_have_blocks() {
+        for file_id in [0, MAX_FILE_ID + 1, u64::MAX] {
+            let err =
+                WriteFileHeader::try_from(header(proto::WriteType::MustCache, false, file_id))
+                    .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidArgument { ref field, .. } if field == "file_id"),
+                "{err:?}"
+            );
+        }
+        let h = WriteFileHeader::try_from(header(proto::WriteType::MustCache, false, MAX_FILE_ID))
+            .unwrap();
+        assert!(BlockId::new(h.file_id, 0).is_ok());
+    }
+
+    #[test]
+    fn a_read_range_past_u64_is_refused() {
+        // Accepted before when the request named no under-store source.
+        let err = ReadBlock::try_from(proto::ReadBlockRequest {
+            block_id: 1 << 24,
+            offset: 1,
+            length: u64::MAX,
+            read_type: proto::ReadType::Cache as i32,
+            source: None,
+            cluster_id: "c".into(),
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_under_store_path_longer_than_a_namespace_path_is_refused() {
+        let name = "x".repeat(crate::path::MAX_NAME_BYTES);
+        let long = vec![name.as_str(); 17].join("/");
+        assert!(long.len() > MAX_PATH_BYTES);
+        assert!(matches!(
+            split_relative(&long),
+            Err(Error::InvalidPath { .. })
+        ));
+        assert!(UfsLocation::new("file:///x", &long).is_err());
+        let at_limit = &long[..MAX_PATH_BYTES - 1];
+        assert_eq!(split_relative(at_limit).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn a_fingerprint_without_a_location_is_ignored() {
+        let resp = proto::GetFileBlocksResponse {
+            info: Some(proto::FileInfo {
+                id: 2,
+                path: "/f".into(),
+                kind: proto::FileKind::File as i32,
+                block_size: 4096,
+                ..Default::default()
+            }),
+            blocks: Vec::new(),
+            ufs: None,
+            ufs_fingerprint: Some(proto::UfsFingerprint {
+                length: 0,
+                version: "v".into(),
+            }),
+            cluster_id: "c".into(),
+        };
+        let blocks = FileBlocks::try_from(resp).unwrap();
+        // Was kept, so the decoded value did not survive its own encoding.
+        assert_eq!(blocks.ufs_fingerprint, UfsFingerprint::default());
+        let again = FileBlocks::try_from(proto::GetFileBlocksResponse::from(blocks.clone()));
+        assert_eq!(again.unwrap(), blocks);
+    }
+
+    #[test]
+    fn a_mount_without_a_uri_is_refused() {
+        let m = proto::MountPointInfo {
+            path: "/m".into(),
+            uri: String::new(),
+            read_only: false,
+            mount_id: 3,
+        };
+        assert!(MountPointInfo::try_from(m).is_err());
     }
 
     #[test]

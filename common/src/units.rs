@@ -1,5 +1,9 @@
 //! Human units in configuration and on the command line: sizes such as `64MiB` and
 //! durations such as `30s`, parsed from strings (serde and `FromStr`).
+//!
+//! Parsing is exact: `1.5GiB` is exactly 1,610,612,736 bytes, and a value too large
+//! for its type is an error, never a wrapped or saturated number. Every value prints
+//! (`Display`) as text that parses back to it.
 
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -45,29 +49,51 @@ impl FromStr for ByteSize {
         if num.is_empty() {
             return Err(format!("size {s:?} has no number"));
         }
-        let value = if num.contains('.') {
-            let f: f64 = num
-                .parse()
-                .map_err(|_| format!("bad number in size {s:?}"))?;
-            let v = f * mult as f64;
-            if !v.is_finite() || v > u64::MAX as f64 {
-                return Err(format!("size {s:?} is too large"));
-            }
-            v.round() as u64
-        } else {
-            let n: u64 = num
-                .parse()
-                .map_err(|_| format!("bad number in size {s:?}"))?;
-            n.checked_mul(mult)
-                .ok_or_else(|| format!("size {s:?} is too large"))?
-        };
-        Ok(ByteSize(value))
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(format!("bad number in size {s:?}"));
+        }
+        decimal_times(int, frac, mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
+/// `int.frac × mult` rounded half up, exactly (no floating point: an `f64` holds 53
+/// bits, so `1.5` of a large size would be off, and a value at 2^64 would saturate);
+/// `None` past `u64::MAX`. The digits are ASCII digits; either part may be empty.
+fn decimal_times(int: &str, frac: &str, mult: u64) -> Option<u64> {
+    let mut whole: u64 = 0;
+    for d in int.bytes() {
+        whole = whole.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    // The fraction times `mult`, by schoolbook multiplication from the last digit:
+    // `carry` ends as its whole part, `first` as the first digit after the point.
+    let (mut carry, mut first) = (0u64, 0u64);
+    for d in frac.bytes().rev() {
+        let t = u128::from(d - b'0') * u128::from(mult) + u128::from(carry);
+        first = (t % 10) as u64;
+        carry = (t / 10) as u64;
+    }
+    let round_up = u64::from(first >= 5);
+    whole
+        .checked_mul(mult)?
+        .checked_add(carry)?
+        .checked_add(round_up)
+}
+
 impl fmt::Display for ByteSize {
+    /// Exact, in the largest binary unit that divides the size (`64MiB`, `1536B`), so
+    /// the text parses back to the same size. [`format_bytes`] is the rounded form.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&format_bytes(self.0))
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut n = self.0;
+        let mut i = 0;
+        while n != 0 && n % 1024 == 0 && i < UNITS.len() - 1 {
+            n /= 1024;
+            i += 1;
+        }
+        write!(f, "{n}{}", UNITS[i])
     }
 }
 
@@ -118,11 +144,12 @@ impl FromStr for HumanDuration {
         let n: u64 = num.parse().map_err(|_| {
             format!("duration {s:?} must be a whole number with a unit (ms, s, m, h)")
         })?;
+        let too_long = || format!("duration {s:?} is too long");
         let d = match unit.trim() {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
             other => {
                 return Err(format!(
                     "unknown duration unit {other:?} in {s:?} (use ms, s, m, h)"
@@ -188,5 +215,43 @@ mod tests {
         );
         assert!("30".parse::<HumanDuration>().is_err());
         assert!("1.5s".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn a_fractional_size_is_exact_and_one_past_u64_is_an_error() {
+        let size = |s: &str| s.parse::<ByteSize>().map(ByteSize::bytes);
+        // Through an f64 both were taken as u64::MAX.
+        assert!(size("18446744073709551615.5").is_err());
+        assert!(size("16777216.0TiB").is_err());
+        // 2^53 + 1 is not an f64.
+        assert_eq!(size("9007199254740993.0"), Ok(9_007_199_254_740_993));
+        assert_eq!(size("16777215.999999999999TiB"), Ok(u64::MAX));
+        assert_eq!(size("0.5"), Ok(1));
+        assert_eq!(size(".25KiB"), Ok(256));
+        assert_eq!(size("3.KiB"), Ok(3072));
+        assert!(size(".").is_err());
+        assert!(size("1.2.3").is_err());
+    }
+
+    #[test]
+    fn every_size_prints_as_text_that_parses_back() {
+        for n in [0, 12, 1536, 36_537, 64 << 20, 3 << 40, 5 << 50, u64::MAX] {
+            let text = ByteSize(n).to_string();
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(n)), "{text}");
+        }
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+        assert_eq!(ByteSize(1536).to_string(), "1536B");
+    }
+
+    #[test]
+    fn minutes_or_hours_past_u64_seconds_are_an_error() {
+        // Both overflowed the multiplication (a panic in a debug build, a wrapped
+        // duration in a release build).
+        assert!("5124095576030432h".parse::<HumanDuration>().is_err());
+        assert!("18446744073709551615m".parse::<HumanDuration>().is_err());
+        assert_eq!(
+            "5124095576030431h".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(5_124_095_576_030_431 * 3600)
+        );
     }
 }
