@@ -6,6 +6,10 @@
 //!   from a local file.
 //! - `meta`: getFileStatus and create ops/s with N concurrent clients against one
 //!   master, vs a trivial master RPC (the mount table) with the same clients.
+//! - `journal`: journaled, fsynced creates/s with 1, 16 and 64 concurrent clients
+//!   against one master whose log is on disk, vs the trivial RPC with as many
+//!   clients; and the log's fsyncs/s beside them (group commit: many entries share
+//!   one fsync).
 
 use anyhow::Context;
 use clap::Parser;
@@ -31,7 +35,10 @@ struct Args {
     /// Operations per client per metadata benchmark.
     #[arg(long, default_value_t = 2000)]
     ops: usize,
-    /// Which benchmarks: read, meta, or all.
+    /// Creates per client count in the journal benchmark.
+    #[arg(long, default_value_t = 4000)]
+    journal_ops: usize,
+    /// Which benchmarks: read, meta, journal, or all.
     #[arg(long, default_value = "all")]
     only: String,
 }
@@ -212,7 +219,7 @@ async fn bench_meta(args: &Args) -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "meta: {} concurrent clients, one master (RocksDB metastore, local journal)",
+        "meta: {} concurrent clients, one master (RocksDB metastore, Raft journal of one)",
         args.clients
     );
     println!("  getFileStatus                 {stat:>10.0} ops/s");
@@ -220,6 +227,65 @@ async fn bench_meta(args: &Args) -> anyhow::Result<()> {
     println!("  trivial RPC (baseline)        {noop:>10.0} ops/s");
     println!("  ratio getFileStatus/trivial   {:>10.3}", stat / noop);
     println!("  ratio create/trivial          {:>10.3}", create / noop);
+    c.stop().await;
+    Ok(())
+}
+
+async fn bench_journal(args: &Args) -> anyhow::Result<()> {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let master = c.master.as_ref().context("master")?;
+    println!(
+        "journal: one master, Raft log fsynced in {} (a disk folder), creates are createFile entries",
+        c.config.journal_dir().display()
+    );
+    println!(
+        "  {:>7} {:>11} {:>11} {:>8} {:>10} {:>13}",
+        "clients", "creates/s", "trivial/s", "ratio", "fsyncs/s", "entries/fsync"
+    );
+    for (round, n) in [1usize, 16, 64].into_iter().enumerate() {
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(FileSystem::connect(&c.config).await?);
+        }
+        concurrent(&clients, 20, |fs, _, _| async move {
+            fs.mount_table().await?;
+            Ok(())
+        })
+        .await?;
+        let per_client = (args.journal_ops / n).max(20);
+        let noop = concurrent(&clients, per_client, |fs, _, _| async move {
+            fs.mount_table().await?;
+            Ok(())
+        })
+        .await?;
+        let before = master.journal_status();
+        let t = Instant::now();
+        let creates = concurrent(&clients, per_client, move |fs, ci, i| async move {
+            // The writer is dropped unclosed: one journal entry per create.
+            fs.create(
+                &format!("/j{round}/c{ci}-{i}"),
+                CreateOptions {
+                    recursive: true,
+                    write_type: Some(WriteType::MustCache),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("createFile")?;
+            Ok(())
+        })
+        .await?;
+        let secs = t.elapsed().as_secs_f64();
+        let after = master.journal_status();
+        let syncs = (after.log_syncs - before.log_syncs) as f64;
+        let entries = (after.entries_appended - before.entries_appended) as f64;
+        println!(
+            "  {n:>7} {creates:>11.0} {noop:>11.0} {:>8.3} {:>10.0} {:>13.1}",
+            creates / noop,
+            syncs / secs,
+            entries / syncs.max(1.0)
+        );
+    }
     c.stop().await;
     Ok(())
 }
@@ -233,6 +299,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "meta" {
         bench_meta(&args).await?;
+    }
+    if args.only == "all" || args.only == "journal" {
+        bench_journal(&args).await?;
     }
     Ok(())
 }

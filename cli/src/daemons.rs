@@ -220,7 +220,7 @@ async fn wait_for_worker(cfg: &SiteConfig, shutdown: &CancellationToken) -> anyh
     anyhow::bail!("the worker did not register with the master within 10s")
 }
 
-/// Erases the metastore and the worker's MEM tier.
+/// Erases the metastore, the journal and the worker's MEM tier.
 pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
     let meta = cfg.metastore_dir();
     if meta.exists() {
@@ -234,6 +234,12 @@ pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
         }
         std::fs::remove_dir_all(&meta)?;
         println!("Formatted metastore {}", meta.display());
+    }
+    let journal = cfg.journal_dir();
+    if strata_master::journal::log::LogStore::erase(&journal)
+        .map_err(|e| anyhow::anyhow!("cannot format: {e}"))?
+    {
+        println!("Formatted journal {}", journal.display());
     }
     let tier = strata_worker::mem_tier_dir(&cfg)?;
     if tier.exists() {

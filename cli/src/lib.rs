@@ -3,6 +3,7 @@
 
 pub mod daemons;
 pub mod fs;
+pub mod fsadmin;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,11 +33,13 @@ pub enum Command {
     Worker(daemons::WorkerArgs),
     /// Run a master, a worker and a local under-store in one process.
     Local(daemons::LocalArgs),
-    /// Erase the master's metastore and the worker's cached blocks (never the
+    /// Erase the master's metastore and journal and the worker's cached blocks (never the
     /// under-store). Refuses while a master uses the metastore.
     Format(daemons::FormatArgs),
     /// File system shell (`strata fs ls /`, ...).
     Fs(fs::FsArgs),
+    /// Administration (`strata fsadmin report`).
+    Fsadmin(fsadmin::FsadminArgs),
 }
 
 /// Loads the configuration: file, then `STRATA_*` environment, then `-D` settings,
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Local(a) => daemons::local(&cli, a).await,
         Command::Format(a) => daemons::format(load_config(&cli, a.overrides())?),
         Command::Fs(a) => fs::run(load_config(&cli, a.overrides())?, &a.command).await,
+        Command::Fsadmin(a) => fsadmin::run(load_config(&cli, a.overrides())?, &a.command).await,
     }
 }
 

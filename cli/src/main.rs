@@ -6,7 +6,7 @@ use clap::Parser;
 fn main() {
     let cli = strata::Cli::parse();
     let default_log = match cli.command {
-        strata::Command::Fs(_) => "warn",
+        strata::Command::Fs(_) | strata::Command::Fsadmin(_) => "warn",
         _ => "info",
     };
     strata_common::telemetry::init_logging(default_log);

@@ -264,8 +264,39 @@ fn local_cluster_and_readme_tour_work_as_written() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The report for scripts: this master leads a group of one, and every
+    // mutation of the tour was committed and applied.
+    let out = Command::new(BIN)
+        .args(["fsadmin", "report", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let master = &report["masters"][0];
+    assert_eq!(master["address"], format!("127.0.0.1:{mp}"));
+    assert_eq!(report["leader"], format!("127.0.0.1:{mp}"));
+    let journal = &master["journal"];
+    assert_eq!(journal["role"], "leader", "{report}");
+    let applied = journal["applied_index"].as_u64().unwrap();
+    assert!(applied > 10, "{report}");
+    assert_eq!(journal["last_index"].as_u64(), Some(applied), "{report}");
+    assert!(
+        journal["commit_index"].as_u64().unwrap() >= applied,
+        "{report}"
+    );
+    assert!(journal["log_syncs"].as_u64().unwrap() > 0, "{report}");
     let status = local.terminate();
     assert!(status.success(), "strata local exit status {status}");
+    // A master that does not answer is named, and the exit code says so.
+    let out = Command::new(BIN)
+        .args(["fsadmin", "report"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("does not answer"), "{text}");
 }
 
 fn start_worker(wdata: &Path, mem: &Path, master: &str) -> Daemon {

@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod reader;
 mod writer;
 

@@ -82,6 +82,8 @@ pub struct MasterConfig {
     pub rpc_port: u16,
     /// RocksDB metastore folder; empty means `<data_dir>/master/metastore`.
     pub metastore_dir: String,
+    /// RocksDB folder of the Raft log; empty means `<data_dir>/master/journal`.
+    pub journal_dir: String,
     /// Inodes and directory entries kept in the in-memory cache in front of RocksDB.
     pub inode_cache_entries: u64,
     /// A worker silent for this long is dropped, with its block locations.
@@ -159,6 +161,7 @@ impl Default for MasterConfig {
             bind_host: "127.0.0.1".to_string(),
             rpc_port: DEFAULT_MASTER_PORT,
             metastore_dir: String::new(),
+            journal_dir: String::new(),
             inode_cache_entries: 100_000,
             worker_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             root_ufs: String::new(),
@@ -356,6 +359,15 @@ impl SiteConfig {
             }
         }
         Ok(())
+    }
+
+    /// The Raft log folder, resolved against `data_dir`.
+    pub fn journal_dir(&self) -> PathBuf {
+        if self.master.journal_dir.is_empty() {
+            self.data_dir.join("master").join("journal")
+        } else {
+            PathBuf::from(&self.master.journal_dir)
+        }
     }
 
     /// The metastore folder, resolved against `data_dir`.

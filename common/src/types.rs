@@ -794,6 +794,127 @@ impl From<WriteFileHeader> for proto::WriteFileHeader {
     }
 }
 
+/// A master's part in the journal (the Raft group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalRole {
+    /// Takes proposals and replicates them.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Standing for election.
+    Candidate,
+    /// Stopped after a storage failure.
+    Failed,
+}
+
+impl fmt::Display for JournalRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JournalRole::Leader => "leader",
+            JournalRole::Follower => "follower",
+            JournalRole::Candidate => "candidate",
+            JournalRole::Failed => "failed",
+        })
+    }
+}
+
+impl From<JournalRole> for proto::JournalRole {
+    fn from(r: JournalRole) -> Self {
+        match r {
+            JournalRole::Leader => proto::JournalRole::Leader,
+            JournalRole::Follower => proto::JournalRole::Follower,
+            JournalRole::Candidate => proto::JournalRole::Candidate,
+            JournalRole::Failed => proto::JournalRole::Failed,
+        }
+    }
+}
+
+/// One master's journal, as `strata fsadmin report` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalReport {
+    /// The master's id in the group.
+    pub id: u64,
+    /// Its role.
+    pub role: JournalRole,
+    /// Current term.
+    pub term: u64,
+    /// The leader's id as this master knows it; 0 for none.
+    pub leader_id: u64,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the metastore.
+    pub applied_index: u64,
+    /// First index held in the log.
+    pub first_index: u64,
+    /// Last index held in the log.
+    pub last_index: u64,
+    /// Fsynced appends of the log since the master started.
+    pub log_syncs: u64,
+    /// Entries those appends held.
+    pub entries_appended: u64,
+    /// Bytes of the log on disk.
+    pub log_bytes: u64,
+}
+
+impl TryFrom<proto::GetJournalReportResponse> for JournalReport {
+    type Error = Error;
+    fn try_from(p: proto::GetJournalReportResponse) -> Result<Self> {
+        let role = match proto::JournalRole::try_from(p.role) {
+            Ok(proto::JournalRole::Leader) => JournalRole::Leader,
+            Ok(proto::JournalRole::Follower) => JournalRole::Follower,
+            Ok(proto::JournalRole::Candidate) => JournalRole::Candidate,
+            Ok(proto::JournalRole::Failed) => JournalRole::Failed,
+            Ok(proto::JournalRole::Unspecified) | Err(_) => {
+                return Err(Error::invalid_argument(
+                    "role",
+                    format!("missing or unknown ({})", p.role),
+                ))
+            }
+        };
+        if p.applied_index > p.commit_index || p.first_index > p.last_index.saturating_add(1) {
+            return Err(Error::invalid_argument(
+                "journal report",
+                format!(
+                    "indexes out of order: applied {} commit {} first {} last {}",
+                    p.applied_index, p.commit_index, p.first_index, p.last_index
+                ),
+            ));
+        }
+        Ok(JournalReport {
+            id: p.id,
+            role,
+            term: p.term,
+            leader_id: p.leader_id,
+            commit_index: p.commit_index,
+            applied_index: p.applied_index,
+            first_index: p.first_index,
+            last_index: p.last_index,
+            log_syncs: p.log_syncs,
+            entries_appended: p.entries_appended,
+            log_bytes: p.log_bytes,
+        })
+    }
+}
+
+impl From<JournalReport> for proto::GetJournalReportResponse {
+    fn from(r: JournalReport) -> Self {
+        proto::GetJournalReportResponse {
+            id: r.id,
+            role: proto::JournalRole::from(r.role) as i32,
+            term: r.term,
+            leader_id: r.leader_id,
+            commit_index: r.commit_index,
+            applied_index: r.applied_index,
+            first_index: r.first_index,
+            last_index: r.last_index,
+            log_syncs: r.log_syncs,
+            entries_appended: r.entries_appended,
+            log_bytes: r.log_bytes,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

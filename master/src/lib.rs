@@ -2,9 +2,11 @@
 //! metadata and the worker registry.
 //!
 //! Shape: gRPC handlers (`service`) → namespace logic (`namespace`), which validates
-//! and proposes journal entries (`journal`) → one apply function (`store`) that writes
-//! RocksDB. Block locations are soft state in `registry`.
+//! and proposes journal entries (`entries`) to the Raft journal (`journal`) → one
+//! apply function (`store`) that writes RocksDB. Block locations are soft state in
+//! `registry`.
 
+pub mod entries;
 pub mod journal;
 pub mod lease;
 pub mod namespace;
@@ -21,7 +23,7 @@ use store::MetaStore;
 use strata_common::config::SiteConfig;
 use strata_common::proto::{
     block_master_server::BlockMasterServer, file_system_master_server::FileSystemMasterServer,
-    MAX_MESSAGE_BYTES,
+    master_admin_server::MasterAdminServer, MAX_MESSAGE_BYTES,
 };
 use strata_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
@@ -41,10 +43,16 @@ pub struct MasterDeps {
 pub struct MasterHandle {
     /// The address its gRPC server listens on.
     pub addr: SocketAddr,
+    journal: Arc<journal::RaftJournal>,
     server: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl MasterHandle {
+    /// The journal's state: role, term, indexes, fsyncs.
+    pub fn journal_status(&self) -> journal::JournalStatus {
+        self.journal.status()
+    }
+
     /// Waits until the master has stopped (after its shutdown token is cancelled).
     /// Call it once: a second call after it returned panics.
     pub async fn wait(&mut self) -> Result<()> {
@@ -121,20 +129,27 @@ async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
     }
 }
 
-/// Opens the metastore, mounts the root under-store on first start, and serves.
-pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
-    let cfg = deps.config;
-    let dir = cfg.metastore_dir();
-    let store = Arc::new(MetaStore::open(&dir, cfg.master.inode_cache_entries)?);
-    let journal = Arc::new(journal::LocalJournal::new(store.clone())?);
+/// What the master builds over its journal before it serves: the namespace, the
+/// root mount on a first start, and the listener.
+async fn prepare(
+    cfg: &SiteConfig,
+    store: &Arc<MetaStore>,
+    journal: &Arc<journal::RaftJournal>,
+    pause_after_under_store: Option<Arc<oplock::PausePoint>>,
+) -> Result<(
+    Arc<Namespace>,
+    Arc<Registry>,
+    tokio::net::TcpListener,
+    SocketAddr,
+)> {
     let registry = Arc::new(Registry::default());
     let ns = Arc::new(Namespace::new(NamespaceDeps {
         store: store.clone(),
-        journal,
+        journal: journal.clone(),
         registry: registry.clone(),
         default_block_size: cfg.client.block_size.0,
         block_size_range: cfg.master.min_block_size.0..=cfg.master.max_block_size.0,
-        pause_after_under_store: deps.pause_after_under_store,
+        pause_after_under_store,
         write_lease: cfg.master.write_lease.0,
     })?);
     ns.ensure_root_mount(&cfg.master.root_ufs).await?;
@@ -146,7 +161,41 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::internal(format!("listener address: {e}")))?;
-    tracing::info!(%addr, metastore = %dir.display(), "master listening");
+    Ok((ns, registry, listener, addr))
+}
+
+/// Opens the metastore, mounts the root under-store on first start, and serves.
+pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
+    let cfg = deps.config;
+    let dir = cfg.metastore_dir();
+    let store = Arc::new(MetaStore::open(&dir, cfg.master.inode_cache_entries)?);
+    let journal = Arc::new(journal::RaftJournal::start(
+        &cfg.journal_dir(),
+        store.clone(),
+        journal::RaftOptions::single(),
+    )?);
+    let prepared = async {
+        // Entries committed before a crash are applied before anything reads the
+        // store.
+        journal.ready().await?;
+        prepare(&cfg, &store, &journal, deps.pause_after_under_store).await
+    }
+    .await;
+    let (ns, registry, listener, addr) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // The thread lets go of the log and the metastore before the error
+            // returns, so that a new start can open them.
+            journal.stop().await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        %addr,
+        metastore = %dir.display(),
+        journal = %cfg.journal_dir().display(),
+        "master listening"
+    );
 
     let fs = FileSystemMasterServer::new(service::FileSystemService {
         ns: ns.clone(),
@@ -160,10 +209,16 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
+    let admin = MasterAdminServer::new(service::AdminService {
+        journal: journal.clone(),
+    });
+
     let shutdown = deps.shutdown;
+    // Stops the background tasks, on shutdown or when the journal stops by itself.
+    let background_stop = shutdown.child_token();
     let timeout = cfg.master.worker_timeout.0;
-    let expiry_stop = shutdown.clone();
-    tokio::spawn(async move {
+    let expiry_stop = background_stop.clone();
+    let worker_expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(timeout / 4);
         loop {
             tokio::select! {
@@ -177,23 +232,115 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         }
     });
 
-    tokio::spawn(expire_leases(ns.clone(), shutdown.clone()));
-    tokio::spawn(reclaim_detached(ns, shutdown.clone()));
+    let background = [
+        worker_expiry,
+        tokio::spawn(expire_leases(ns.clone(), background_stop.clone())),
+        tokio::spawn(reclaim_detached(ns, background_stop.clone())),
+    ];
 
+    let handle_journal = journal.clone();
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        // A journal that stops on its own (a storage failure) stops the master too:
+        // it recovers from its log when restarted.
+        let journal_stopped = {
+            let journal = journal.clone();
+            async move { journal.stopped().await }
+        };
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = journal_stopped => {}
+            }
+        };
+        let served = tonic::transport::Server::builder()
             .add_service(fs)
             .add_service(bm)
-            .serve_with_incoming_shutdown(
-                strata_common::proto::incoming(listener),
-                shutdown.cancelled_owned(),
-            )
+            .add_service(admin)
+            .serve_with_incoming_shutdown(strata_common::proto::incoming(listener), stop)
             .await
-            .map_err(|e| Error::internal(format!("master server: {e}")))?;
-        // The store (RocksDB) closes when the last handler drops it.
+            .map_err(|e| Error::internal(format!("master server: {e}")));
+        let failure = journal.failure();
+        background_stop.cancel();
+        journal.stop().await;
+        for task in background {
+            let _ = task.await;
+        }
+        // The store (RocksDB) closes here: the handlers, the background tasks and
+        // the journal's thread have let go of it.
         drop(store);
+        served?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
         tracing::info!("master stopped");
         Ok(())
     });
-    Ok(MasterHandle { addr, server })
+    Ok(MasterHandle {
+        addr,
+        journal: handle_journal,
+        server,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::config::LoadOptions;
+
+    fn config(dir: &std::path::Path, port: u16) -> SiteConfig {
+        SiteConfig::load(&LoadOptions {
+            file: None,
+            use_env: false,
+            overrides: vec![
+                (
+                    "data_dir".into(),
+                    format!("{:?}", dir.display().to_string()),
+                ),
+                ("master.rpc_port".into(), port.to_string()),
+                ("master.root_ufs".into(), "\"\"".into()),
+            ],
+        })
+        .unwrap()
+    }
+
+    fn deps(config: SiteConfig) -> MasterDeps {
+        MasterDeps {
+            config,
+            shutdown: CancellationToken::new(),
+            pause_after_under_store: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_that_cannot_start_lets_go_of_its_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        for _ in 0..5 {
+            let err = start(deps(config(dir.path(), port))).await.err().unwrap();
+            assert!(err.to_string().contains("cannot listen"), "{err}");
+            // At once: the metastore and the log are closed, not held by a thread
+            // still winding down.
+            let mut master = start(deps(config(dir.path(), 0))).await.unwrap();
+            master.journal.inject_failure(Error::internal("stop"));
+            let _ = master.wait().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_whose_journal_fails_stops_serving_with_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut master = start(deps(config(dir.path(), 0))).await.unwrap();
+        master
+            .journal
+            .inject_failure(Error::internal("metastore: disk on fire"));
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), master.wait())
+            .await
+            .expect("the master stops on its own");
+        let cause = ended.expect_err("a failed journal is an error exit");
+        assert!(cause.to_string().contains("disk on fire"), "{cause}");
+        assert_eq!(master.journal_status().role, journal::Role::Failed);
+        let refused = tokio::net::TcpStream::connect(master.addr).await;
+        assert!(refused.is_err(), "the port is closed");
+    }
 }

@@ -7,11 +7,13 @@
 //! journal entry like any other). Listing a directory under a mount loads the
 //! children the under-store has and the namespace lacks.
 
-use crate::journal::{
-    CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, Journal, LoadChildrenEntry,
-    MountEntry, MountRecord, Op, ReclaimEntry, RenameEntry, UnmountEntry,
+use crate::entries::{
+    CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, LoadChildrenEntry, MountEntry,
+    MountRecord, Op, ReclaimEntry, RenameEntry, UnmountEntry,
 };
+use crate::journal::Journal;
 use crate::lease::Leases;
+use crate::oplock::PathGuard;
 use crate::registry::Registry;
 use crate::store::{Applied, MetaStore};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -791,10 +793,30 @@ impl Namespace {
         Ok(())
     }
 
+    /// Locks `path` for a create and resolves it. When folders above it are missing
+    /// (a recursive create makes them), the lock is the topmost missing folder's
+    /// instead: it covers `path` and every sibling a concurrent create would make
+    /// there, so two creates never both make the same folder.
+    async fn lock_for_create(&self, path: &StrataPath) -> Result<(PathGuard, Resolved)> {
+        let guard = self.locks.lock(&[path]).await;
+        let r = self.resolve_synced(path).await?;
+        if r.missing.len() <= 1 {
+            return Ok((guard, r));
+        }
+        let top = StrataPath::parse(&prefix_path(
+            &path.components().take(r.chain.len()).collect::<Vec<_>>(),
+        ))?;
+        drop(guard);
+        let guard = self.locks.lock(&[&top]).await;
+        // Resolved again under the wider lock: a concurrent create may have made
+        // some of the folders meanwhile.
+        let r = self.resolve_synced(path).await?;
+        Ok((guard, r))
+    }
+
     /// Creates a directory (and its missing parents when `recursive`).
     pub async fn mkdir(&self, path: &StrataPath, recursive: bool) -> Result<FileInfo> {
-        let _guard = self.locks.lock(&[path]).await;
-        let r = self.resolve_synced(path).await?;
+        let (_guard, r) = self.lock_for_create(path).await?;
         if let Some(rec) = r.found() {
             if rec.is_dir && recursive {
                 return self.info(path.clone(), rec);
@@ -829,7 +851,6 @@ impl Namespace {
     /// under-store location.
     pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
         let path = &req.path;
-        let _guard = self.locks.lock(&[path]).await;
         if !self.block_size_range.contains(&req.block_size) {
             return Err(Error::invalid_argument(
                 "block_size",
@@ -844,7 +865,7 @@ impl Namespace {
         if path.is_root() {
             return Err(Error::AlreadyExists { path: "/".into() });
         }
-        let r = self.resolve_synced(path).await?;
+        let (_guard, r) = self.lock_for_create(path).await?;
         if r.found().is_some() {
             return Err(Error::AlreadyExists {
                 path: path.to_string(),

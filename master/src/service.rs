@@ -7,6 +7,7 @@ use std::sync::Arc;
 use strata_common::ids::{BlockId, FileId, WorkerId};
 use strata_common::proto::{
     self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
+    master_admin_server::MasterAdmin,
 };
 use strata_common::types::{parse_path, CreateFile, UfsFingerprint, UfsLocation};
 use strata_common::Error;
@@ -24,6 +25,22 @@ pub struct FileSystemService {
 pub struct BlockService {
     pub(crate) ns: Arc<Namespace>,
     pub(crate) registry: Arc<Registry>,
+}
+
+/// The administration service (`strata fsadmin`).
+pub struct AdminService {
+    pub(crate) journal: Arc<crate::journal::RaftJournal>,
+}
+
+#[tonic::async_trait]
+impl MasterAdmin for AdminService {
+    async fn get_journal_report(
+        &self,
+        _req: Request<proto::GetJournalReportRequest>,
+    ) -> Answer<proto::GetJournalReportResponse> {
+        let report = strata_common::types::JournalReport::from(self.journal.status());
+        ok(report.into())
+    }
 }
 
 fn ok<T>(v: T) -> Answer<T> {

@@ -15,7 +15,7 @@
 //! Readers may run concurrently with apply; the cache stays coherent through a
 //! generation counter (see [`MetaStore::get_inode`]).
 
-use crate::journal::{
+use crate::entries::{
     CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, JournalEntry, LoadChildrenEntry,
     MountEntry, MountRecord, Op, ReclaimCursor, ReclaimLevel, RenameEntry, UnmountEntry,
 };
@@ -322,6 +322,12 @@ impl MetaStore {
             Some(v) => u64_of(&v),
             None => Ok(0),
         }
+    }
+
+    /// Makes everything applied so far durable (syncs RocksDB's write-ahead log;
+    /// applies are not synced one by one, the journal's log is).
+    pub fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(storage)
     }
 
     /// Index of the last applied entry (0 before any).
@@ -741,8 +747,10 @@ impl<'a> Tx<'a> {
             .first()
             .ok_or_else(|| Error::invalid_argument("journal entry", "create with no inode"))?;
         if self.child(e.parent_id, &first.name)?.is_some() {
+            // The first new inode's path: a folder above the target when the entry
+            // makes several.
             return Err(Error::AlreadyExists {
-                path: e.path.clone(),
+                path: ancestor(&e.path, e.inodes.len() - 1),
             });
         }
         let mut parent = e.parent_id;
@@ -1149,7 +1157,7 @@ fn parent_of(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::ReclaimEntry;
+    use crate::entries::ReclaimEntry;
 
     fn dir(id: u64, parent: u64, name: &str, t: i64) -> InodeRecord {
         InodeRecord {

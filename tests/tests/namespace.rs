@@ -333,3 +333,42 @@ async fn no_path_reaches_outside_a_mount() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_in_a_new_folder_all_succeed() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    // Many clients make files (and folders) under the same folders, which none of
+    // them finds: every one makes the missing folders, so each must see the
+    // others' folders as made, not as a name already taken.
+    for round in 0..3 {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let fs = c.fs.clone();
+                tokio::spawn(async move {
+                    let dir = format!("/new{round}/deeper");
+                    if i % 2 == 0 {
+                        let w = fs
+                            .create(
+                                &format!("{dir}/f{i}"),
+                                CreateOptions {
+                                    recursive: true,
+                                    write_type: Some(WriteType::MustCache),
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        w.close().await.map(|_| ())
+                    } else {
+                        fs.mkdir(&format!("{dir}/d{i}"), true).await.map(|_| ())
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let names = list_names(&c.fs, &format!("/new{round}/deeper")).await;
+        assert_eq!(names.len(), 16, "{names:?}");
+    }
+    c.stop().await;
+}

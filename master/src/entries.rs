@@ -1,18 +1,12 @@
-//! The journal: every namespace mutation is one [`JournalEntry`], produced by a
-//! handler that validated the request, then applied by
+//! The journal's vocabulary: every namespace mutation is one [`JournalEntry`],
+//! produced by a handler that validated the request, ordered by the
+//! [`Journal`](crate::journal::Journal), then applied by
 //! [`MetaStore::apply`](crate::store::MetaStore::apply).
 //!
-//! Entries are prost-encoded and persisted (the Raft log will hold them), so their
-//! tags never change meaning; `tests::decodes_recorded_encodings` pins them.
+//! Entries are prost-encoded and persisted in the Raft log, so their tags never
+//! change meaning; `tests::decodes_recorded_encodings` pins them.
 //! Everything apply needs travels inside the entry: ids, times, names, lengths. Apply
 //! reads no clock and allocates nothing, so every replica ends with the same bytes.
-//!
-//! Today [`LocalJournal`] applies an entry as soon as it is proposed; the Raft
-//! journal will sit between `propose` and `apply` behind the same [`Journal`] trait.
-
-use crate::store::{Applied, MetaStore};
-use std::sync::{Arc, Mutex};
-use strata_common::Result;
 
 /// A persisted inode. `mount_id != 0` marks the root of a mount.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -234,47 +228,6 @@ pub enum Op {
 impl From<Op> for JournalEntry {
     fn from(op: Op) -> Self {
         JournalEntry { op: Some(op) }
-    }
-}
-
-/// Orders entries and applies them. `propose` returns what apply returned for this
-/// entry: its effects, or the deterministic conflict it hit.
-#[tonic::async_trait]
-pub trait Journal: Send + Sync {
-    /// Appends `entry` and waits until it is applied.
-    async fn propose(&self, entry: JournalEntry) -> Result<Applied>;
-}
-
-/// A journal of one node with no log: entries are applied in proposal order, at once.
-pub struct LocalJournal {
-    store: Arc<MetaStore>,
-    // Serialises apply and hands out indexes; holds the last applied index.
-    last_index: Mutex<u64>,
-}
-
-impl LocalJournal {
-    /// A journal continuing from the store's applied index.
-    pub fn new(store: Arc<MetaStore>) -> Result<Self> {
-        let last = store.applied_index()?;
-        Ok(LocalJournal {
-            store,
-            last_index: Mutex::new(last),
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl Journal for LocalJournal {
-    async fn propose(&self, entry: JournalEntry) -> Result<Applied> {
-        let mut last = self.last_index.lock().unwrap_or_else(|p| p.into_inner());
-        let index = *last + 1;
-        let result = self.store.apply(index, &entry);
-        // The index is consumed whether the entry took effect or hit a conflict:
-        // apply records it either way, as a replica replaying the log would.
-        if !matches!(&result, Err(e) if crate::store::is_storage_failure(e)) {
-            *last = index;
-        }
-        result
     }
 }
 

@@ -1,0 +1,101 @@
+//! `strata fsadmin`: the state of the cluster's masters.
+
+use clap::{Args, Subcommand};
+use strata_client::admin::journal_reports;
+use strata_client::SiteConfig;
+use strata_common::types::{JournalReport, JournalRole};
+use strata_common::units::format_bytes;
+
+/// Flags of `strata fsadmin`.
+#[derive(Debug, Args)]
+pub struct FsadminArgs {
+    /// Master address `host:port` (default: `master_addresses` of the configuration).
+    #[arg(long, global = true)]
+    pub master: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: FsadminCommand,
+}
+
+impl FsadminArgs {
+    pub(crate) fn overrides(&self) -> Vec<(String, String)> {
+        self.master
+            .iter()
+            .map(|m| {
+                (
+                    "master_addresses".to_string(),
+                    crate::daemons::toml_string(m),
+                )
+            })
+            .collect()
+    }
+}
+
+/// `strata fsadmin` commands.
+#[derive(Debug, Subcommand)]
+pub enum FsadminCommand {
+    /// Each master's address, role, term, commit and applied index, log, and the
+    /// leader. Exits 1 if a master does not answer.
+    Report {
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs an fsadmin command; the exit code is the result.
+pub async fn run(cfg: SiteConfig, cmd: &FsadminCommand) -> anyhow::Result<i32> {
+    match cmd {
+        FsadminCommand::Report { json } => report(&cfg, *json).await,
+    }
+}
+
+async fn report(cfg: &SiteConfig, json: bool) -> anyhow::Result<i32> {
+    let reports = journal_reports(cfg).await;
+    let leader = reports
+        .iter()
+        .find(|(_, r)| matches!(r, Ok(r) if r.role == JournalRole::Leader))
+        .map(|(addr, _)| addr.clone());
+    let all_answered = reports.iter().all(|(_, r)| r.is_ok());
+    if json {
+        let masters: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(addr, r)| match r {
+                Ok(r) => serde_json::json!({ "address": addr, "journal": r }),
+                Err(e) => serde_json::json!({ "address": addr, "error": e.to_string() }),
+            })
+            .collect();
+        let out = serde_json::json!({ "masters": masters, "leader": leader });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("Masters: {}", reports.len());
+        println!(
+            "  {:<22} {:>3} {:<9} {:>6} {:>10} {:>10} {:>23} {:>9}",
+            "ADDRESS", "ID", "ROLE", "TERM", "COMMIT", "APPLIED", "LOG (first..last)", "LOG SIZE"
+        );
+        for (addr, r) in &reports {
+            match r {
+                Ok(r) => println!("  {}", line(addr, r)),
+                Err(e) => println!("  {addr:<22} does not answer: {e}"),
+            }
+        }
+        match &leader {
+            Some(addr) => println!("Leader: {addr}"),
+            None => println!("Leader: none known"),
+        }
+    }
+    Ok(if all_answered { 0 } else { 1 })
+}
+
+fn line(addr: &str, r: &JournalReport) -> String {
+    format!(
+        "{addr:<22} {:>3} {:<9} {:>6} {:>10} {:>10} {:>23} {:>9}",
+        r.id,
+        r.role.to_string(),
+        r.term,
+        r.commit_index,
+        r.applied_index,
+        format!("{}..{}", r.first_index, r.last_index),
+        format_bytes(r.log_bytes)
+    )
+}

@@ -1,0 +1,518 @@
+//! The Raft log and hard state, durable in a RocksDB instance of their own
+//! (`master.journal_dir`, by default `<data_dir>/master/journal`).
+//!
+//! Why a separate instance rather than column families of the metastore: the log is
+//! the one thing written with `fsync` (every append before it is acknowledged), while
+//! the state machine is written without it and rebuilt from the log after a crash.
+//! In one instance both would share a WAL, so every apply would ride on the log's
+//! fsyncs and the state could never be replaced wholesale (a snapshot installs a new
+//! state machine and must keep the log). Two instances keep one fsync per group of
+//! appended entries and let each side be swapped or wiped alone.
+//!
+//! Keys: `e` + index (8 bytes, big-endian) → an `Entry`; `m/hard` → the
+//! `HardState`; `m/conf` → the `ConfState`; `m/base` → index and term of the last
+//! entry compacted away (the log holds `base + 1 ..= last`); `m/node` → this
+//! master's Raft id, fixed at the log's creation.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{Options, WriteBatch, WriteOptions, DB};
+use std::path::Path;
+use std::sync::RwLock;
+use strata_common::{Error, Result};
+
+const KEY_HARD: &[u8] = b"m/hard";
+const KEY_CONF: &[u8] = b"m/conf";
+const KEY_BASE: &[u8] = b"m/base";
+const KEY_NODE: &[u8] = b"m/node";
+const ENTRY_PREFIX: u8 = b'e';
+
+/// Largest entry the log accepts or reads back; a bigger one on disk is corruption.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY_PREFIX;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn storage(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("journal: {what}: {e}"))
+}
+
+/// What the log holds besides its entries; read by every Raft query, so kept in
+/// memory and written through.
+#[derive(Clone, Debug, Default)]
+struct Core {
+    hard: HardState,
+    conf: ConfState,
+    /// Index and term of the last entry compacted away (0, 0 for a log that never
+    /// compacted).
+    base_index: u64,
+    base_term: u64,
+    /// Index and term of the last entry held (`base_*` when the log is empty).
+    last_index: u64,
+    last_term: u64,
+}
+
+/// The durable Raft log of one master.
+pub struct LogStore {
+    db: DB,
+    opts: Options,
+    core: RwLock<Core>,
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, creating it for Raft node `node_id` with `voters` when
+    /// it does not exist. A new log for a state machine that already applied
+    /// `applied` entries (a metastore kept from before the log) starts compacted at
+    /// that index, so Raft continues after it.
+    ///
+    /// A log made for another node id is refused. Entries past the first that is
+    /// unreadable or out of sequence are dropped, loudly: the log continues from the
+    /// intact prefix (RocksDB itself recovers its write-ahead log to the last
+    /// consistent point).
+    pub fn open(dir: &Path, node_id: u64, voters: &[u64], applied: u64) -> Result<LogStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| storage(&format!("cannot create {}", dir.display()), e))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        opts.enable_statistics();
+        // The log is written once and read back rarely (replay, a lagging peer):
+        // small memtables keep the master's memory flat.
+        opts.set_write_buffer_size(16 << 20);
+        let db = DB::open(&opts, dir).map_err(|e| {
+            Error::unavailable(format!("cannot open journal {}: {e}", dir.display()))
+        })?;
+        let store = LogStore {
+            db,
+            opts,
+            core: RwLock::new(Core::default()),
+        };
+        match store.get(KEY_NODE)? {
+            Some(v) => {
+                let id = u64_of(&v).ok_or_else(|| storage("node id", "corrupt"))?;
+                if id != node_id {
+                    return Err(Error::invalid_argument(
+                        "master.id",
+                        format!(
+                            "the journal in {} belongs to master {id}, not {node_id}; \
+                             format this master to give it a new journal",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            None => store.create(node_id, voters, applied)?,
+        }
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Removes the log in `dir`; false if there was none. Fails while a master
+    /// has it open.
+    pub fn erase(dir: &Path) -> Result<bool> {
+        if !dir.exists() {
+            return Ok(false);
+        }
+        // Opening takes RocksDB's lock: this fails while a master runs on it.
+        let db = DB::open(&Options::default(), dir).map_err(|e| {
+            Error::unavailable(format!(
+                "{}: the journal is in use or damaged: {e}",
+                dir.display()
+            ))
+        })?;
+        drop(db);
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| storage(&format!("cannot remove {}", dir.display()), e))?;
+        Ok(true)
+    }
+
+    fn create(&self, node_id: u64, voters: &[u64], applied: u64) -> Result<()> {
+        let conf = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        let mut hard = HardState::default();
+        // A state machine with a history and no log: its state stands for entries
+        // 1..=applied, taken as compacted at term 1.
+        let base_term = u64::from(applied > 0);
+        hard.term = base_term;
+        hard.commit = applied;
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_CONF, encode(&conf)?);
+        batch.put(KEY_HARD, encode(&hard)?);
+        batch.put(KEY_BASE, pair(applied, base_term));
+        batch.put(KEY_NODE, node_id.to_be_bytes());
+        self.write(batch, true)
+    }
+
+    fn load(&self) -> Result<()> {
+        let hard: HardState = decode(&self.get(KEY_HARD)?.unwrap_or_default(), "hard state")?;
+        let conf: ConfState = decode(&self.get(KEY_CONF)?.unwrap_or_default(), "conf state")?;
+        let (base_index, base_term) = self
+            .get(KEY_BASE)?
+            .and_then(|v| unpair(&v))
+            .ok_or_else(|| storage("base", "missing or corrupt"))?;
+        // Walk the entries: contiguous from base + 1, terms never going down.
+        let (mut last_index, mut last_term) = (base_index, base_term);
+        let mut bad: Option<String> = None;
+        let iter = self.db.iterator(rocksdb::IteratorMode::From(
+            &entry_key(base_index + 1),
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (k, v) = item.map_err(|e| storage("read", e))?;
+            if k.first() != Some(&ENTRY_PREFIX) {
+                break;
+            }
+            let index = u64_of(&k[1..]).unwrap_or(0);
+            let entry: Result<Entry> = decode(&v, "entry");
+            match entry {
+                Ok(e) if index == last_index + 1 && e.index == index && e.term >= last_term => {
+                    last_index = index;
+                    last_term = e.term;
+                }
+                Ok(e) => {
+                    bad = Some(format!(
+                        "entry at key {index} (index {}, term {}) does not follow {last_index} (term {last_term})",
+                        e.index, e.term
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    bad = Some(format!("entry at {index} is unreadable: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = bad {
+            tracing::error!(
+                kept_through = last_index,
+                "journal: {why}; dropping the log from there and continuing from the intact prefix"
+            );
+            let mut batch = WriteBatch::default();
+            batch.delete_range(entry_key(last_index + 1), entry_key(u64::MAX));
+            self.write(batch, true)?;
+        }
+        let mut hard = hard;
+        if hard.commit > last_index {
+            tracing::error!(
+                commit = hard.commit,
+                last_index,
+                "journal: the log ends before its commit index; continuing from what it holds"
+            );
+            hard.commit = last_index;
+        }
+        *self.core.write().unwrap_or_else(|p| p.into_inner()) = Core {
+            hard,
+            conf,
+            base_index,
+            base_term,
+            last_index,
+            last_term,
+        };
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(|e| storage("read", e))
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut w = WriteOptions::default();
+        w.set_sync(sync);
+        self.db
+            .write_opt(batch, &w)
+            .map_err(|e| storage("write", e))
+    }
+
+    fn core(&self) -> std::sync::RwLockReadGuard<'_, Core> {
+        self.core.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `entries` (replacing any held from the first one's index on) and
+    /// records `hard`, in one write that is fsynced before it returns.
+    pub fn append(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<()> {
+        if entries.is_empty() && hard.is_none() {
+            return Ok(());
+        }
+        let mut core = self.core().clone();
+        let mut batch = WriteBatch::default();
+        if let Some(first) = entries.first() {
+            if first.index <= core.base_index {
+                return Err(storage(
+                    "append",
+                    format!(
+                        "entry {} is at or before the compacted index {}",
+                        first.index, core.base_index
+                    ),
+                ));
+            }
+            if first.index > core.last_index + 1 {
+                return Err(storage(
+                    "append",
+                    format!(
+                        "entry {} leaves a gap after {}",
+                        first.index, core.last_index
+                    ),
+                ));
+            }
+            if first.index <= core.last_index {
+                batch.delete_range(entry_key(first.index), entry_key(u64::MAX));
+            }
+            for e in entries {
+                batch.put(entry_key(e.index), encode(e)?);
+            }
+            let last = entries.last().expect("not empty");
+            core.last_index = last.index;
+            core.last_term = last.term;
+        }
+        if let Some(hs) = hard {
+            batch.put(KEY_HARD, encode(hs)?);
+            core.hard = hs.clone();
+        }
+        self.write(batch, true)?;
+        *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
+        Ok(())
+    }
+
+    /// Records a new commit index. Not fsynced: a commit index lost in a crash is
+    /// learned again from the log (a leader commits its whole log again).
+    pub fn set_commit(&self, commit: u64) -> Result<()> {
+        let mut hard = self.core().hard.clone();
+        if commit <= hard.commit {
+            return Ok(());
+        }
+        hard.commit = commit;
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_HARD, encode(&hard)?);
+        self.write(batch, false)?;
+        self.core.write().unwrap_or_else(|p| p.into_inner()).hard = hard;
+        Ok(())
+    }
+
+    /// Drops the entries up to and including `index`, which must be applied and
+    /// durable in the state machine.
+    pub fn compact(&self, index: u64) -> Result<()> {
+        let core = self.core().clone();
+        if index <= core.base_index {
+            return Ok(());
+        }
+        if index > core.last_index || index > core.hard.commit {
+            return Err(storage(
+                "compact",
+                format!(
+                    "index {index} is past the log (last {}, commit {})",
+                    core.last_index, core.hard.commit
+                ),
+            ));
+        }
+        let term = self.term_of(index)?;
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_BASE, pair(index, term));
+        batch.delete_range(entry_key(core.base_index + 1), entry_key(index + 1));
+        self.write(batch, true)?;
+        let mut c = self.core.write().unwrap_or_else(|p| p.into_inner());
+        c.base_index = index;
+        c.base_term = term;
+        Ok(())
+    }
+
+    /// Drops every entry and restarts the log after `index`, for a metastore that
+    /// applied entries this log lost.
+    pub fn rebase(&self, index: u64) -> Result<()> {
+        let mut core = self.core().clone();
+        let term = core.hard.term.max(core.last_term);
+        core.hard.term = term;
+        core.hard.commit = index;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(entry_key(0), entry_key(u64::MAX));
+        batch.put(KEY_BASE, pair(index, term));
+        batch.put(KEY_HARD, encode(&core.hard)?);
+        self.write(batch, true)?;
+        core.base_index = index;
+        core.base_term = term;
+        core.last_index = index;
+        core.last_term = term;
+        *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
+        Ok(())
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry> {
+        let v = self
+            .get(&entry_key(index))?
+            .ok_or_else(|| storage("read", format!("entry {index} is missing")))?;
+        decode(&v, "entry")
+    }
+
+    fn term_of(&self, index: u64) -> Result<u64> {
+        let c = self.core().clone();
+        if index == c.base_index {
+            return Ok(c.base_term);
+        }
+        if index == c.last_index {
+            return Ok(c.last_term);
+        }
+        Ok(self.read_entry(index)?.term)
+    }
+
+    /// Index of the first entry held (one past the compacted ones).
+    pub fn first(&self) -> u64 {
+        self.core().base_index + 1
+    }
+
+    /// Index of the last entry held.
+    pub fn last(&self) -> u64 {
+        self.core().last_index
+    }
+
+    /// The hard state as last recorded.
+    pub fn hard_state(&self) -> HardState {
+        self.core().hard.clone()
+    }
+
+    /// Write-ahead-log syncs this log has made since it opened (RocksDB's count).
+    pub fn wal_syncs(&self) -> u64 {
+        self.opts
+            .get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
+    }
+
+    /// Bytes of the log's files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        std::fs::read_dir(self.db.path())
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn raft_err(e: Error) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.core();
+        Ok(RaftState {
+            hard_state: c.hard.clone(),
+            conf_state: c.conf.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let (base, last) = {
+            let c = self.core();
+            (c.base_index, c.last_index)
+        };
+        if low <= base {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let iter = self.db.iterator(rocksdb::IteratorMode::From(
+            &entry_key(low),
+            rocksdb::Direction::Forward,
+        ));
+        for item in iter {
+            let (k, v) = item.map_err(|e| raft_err(storage("read", e)))?;
+            let index = match (k.first(), u64_of(&k[1..])) {
+                (Some(&ENTRY_PREFIX), Some(i)) if i < high => i,
+                _ => break,
+            };
+            if index != low + out.len() as u64 {
+                return Err(raft_err(storage(
+                    "read",
+                    format!("entry {index} out of place"),
+                )));
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(decode::<Entry>(&v, "entry").map_err(raft_err)?);
+        }
+        if out.len() as u64 != high - low && max_size.is_none_or(|m| size <= m) {
+            return Err(raft_err(storage(
+                "read",
+                format!("entries {low}..{high} are not all held"),
+            )));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (base, last) = {
+            let c = self.core();
+            (c.base_index, c.last_index)
+        };
+        if idx < base {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.term_of(idx).map_err(raft_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Sending the state machine to a peer arrives with multi-master support;
+        // a single-voter group never asks.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+fn encode(m: &impl protobuf::Message) -> Result<Vec<u8>> {
+    m.write_to_bytes().map_err(|e| storage("encode", e))
+}
+
+fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M> {
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return Err(storage(what, format!("{} bytes is too large", bytes.len())));
+    }
+    M::parse_from_bytes(bytes).map_err(|e| storage(what, e))
+}
+
+fn u64_of(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+fn pair(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_be_bytes());
+    v[8..].copy_from_slice(&b.to_be_bytes());
+    v
+}
+
+fn unpair(v: &[u8]) -> Option<(u64, u64)> {
+    if v.len() != 16 {
+        return None;
+    }
+    Some((u64_of(&v[..8])?, u64_of(&v[8..])?))
+}

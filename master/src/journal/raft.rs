@@ -1,0 +1,943 @@
+//! [`RaftJournal`]: the journal as a Raft group (raft-rs `RawNode`), driven by one
+//! thread per master that owns the node and does, in order: ticks, proposals, and
+//! each `Ready` as raft-rs documents it (send messages, apply committed entries,
+//! append new entries and the hard state with one fsync, send the messages that
+//! needed them persisted, advance, apply what the advance committed).
+//!
+//! **Group commit.** The thread takes every proposal waiting in its queue before it
+//! asks for a `Ready`, so all of them are appended by one fsynced write; proposals
+//! that arrive while that fsync runs wait in the queue and share the next one.
+//!
+//! A proposal is answered once its entry is committed (fsynced by a majority; for a
+//! group of one, by this master) and applied, with what apply returned. A storage
+//! failure while appending or applying stops the journal: every proposal from then
+//! on is refused, and the master stops serving, to recover from the log on restart.
+
+use super::log::LogStore;
+use super::Journal;
+use crate::entries::JournalEntry;
+use crate::store::{is_storage_failure, Applied, MetaStore};
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType};
+use raft::{RawNode, StateRole};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_common::{Error, Result};
+use tokio::sync::{oneshot, watch};
+
+/// How a master's Raft node runs.
+#[derive(Clone, Debug)]
+pub struct RaftOptions {
+    /// This master's id in the group.
+    pub id: u64,
+    /// Ids of the voting masters, this one included.
+    pub voters: Vec<u64>,
+    /// One Raft clock tick.
+    pub tick: Duration,
+    /// Ticks without a leader's heartbeat before a follower stands for election.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// The log is compacted once it holds this many applied entries...
+    pub compact_after: u64,
+    /// ...down to this many (kept for a peer a little behind).
+    pub keep_entries: u64,
+}
+
+impl RaftOptions {
+    /// A group of one: this master alone.
+    pub fn single() -> RaftOptions {
+        RaftOptions {
+            id: 1,
+            voters: vec![1],
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_after: 200_000,
+            keep_entries: 10_000,
+        }
+    }
+}
+
+/// Most proposals taken from the queue into one `Ready` (one fsync).
+const MAX_GROUP: usize = 4096;
+
+/// This master's part in the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Takes proposals and replicates them.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Standing for election.
+    Candidate,
+    /// Stopped after a storage failure.
+    Failed,
+}
+
+impl Role {
+    fn from_u8(v: u8) -> Role {
+        match v {
+            0 => Role::Leader,
+            2 => Role::Candidate,
+            3 => Role::Failed,
+            _ => Role::Follower,
+        }
+    }
+    fn to_u8(self) -> u8 {
+        match self {
+            Role::Leader => 0,
+            Role::Follower => 1,
+            Role::Candidate => 2,
+            Role::Failed => 3,
+        }
+    }
+    fn of(r: StateRole) -> Role {
+        match r {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        }
+    }
+}
+
+impl From<JournalStatus> for strata_common::types::JournalReport {
+    fn from(s: JournalStatus) -> Self {
+        use strata_common::types::JournalRole;
+        strata_common::types::JournalReport {
+            id: s.id,
+            role: match s.role {
+                Role::Leader => JournalRole::Leader,
+                Role::Follower => JournalRole::Follower,
+                Role::Candidate => JournalRole::Candidate,
+                Role::Failed => JournalRole::Failed,
+            },
+            term: s.term,
+            leader_id: s.leader_id,
+            commit_index: s.commit,
+            applied_index: s.applied,
+            first_index: s.first_index,
+            last_index: s.last_index,
+            log_syncs: s.log_syncs,
+            entries_appended: s.entries_appended,
+            log_bytes: s.log_bytes,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Failed => "failed",
+        })
+    }
+}
+
+/// The journal's state, as last published by its thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalStatus {
+    /// This master's id.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader's id as this master knows it; 0 for none.
+    pub leader_id: u64,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied to the metastore.
+    pub applied: u64,
+    /// First and last index held in the log.
+    pub first_index: u64,
+    /// Last index held in the log.
+    pub last_index: u64,
+    /// Fsynced appends of the log so far (one per group of entries).
+    pub log_syncs: u64,
+    /// Write-ahead-log syncs RocksDB made for the log (its own count).
+    pub wal_syncs: u64,
+    /// Entries appended to the log so far.
+    pub entries_appended: u64,
+    /// Bytes of the log on disk.
+    pub log_bytes: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    role: AtomicU8,
+    term: AtomicU64,
+    leader_id: AtomicU64,
+    commit: AtomicU64,
+    applied: AtomicU64,
+    first_index: AtomicU64,
+    last_index: AtomicU64,
+    log_syncs: AtomicU64,
+    wal_syncs: AtomicU64,
+    entries_appended: AtomicU64,
+    log_bytes: AtomicU64,
+    failure: Mutex<Option<Error>>,
+}
+
+type Reply = oneshot::Sender<Result<Applied>>;
+
+enum Msg {
+    Propose {
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    Stop,
+    /// Tests: a storage failure as the thread would meet it.
+    #[cfg(test)]
+    Fail(Error),
+}
+
+/// The master's journal: a Raft group whose log is durable in RocksDB and whose
+/// state machine is the metastore.
+pub struct RaftJournal {
+    id: u64,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    shared: Arc<Shared>,
+    serving: watch::Receiver<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl RaftJournal {
+    /// Opens the log in `dir` and starts the node's thread over `store`. Call
+    /// [`RaftJournal::ready`] before reading the store: entries committed but not
+    /// yet applied (after a crash) are applied first.
+    pub fn start(dir: &Path, store: Arc<MetaStore>, opts: RaftOptions) -> Result<RaftJournal> {
+        if !opts.voters.contains(&opts.id) {
+            return Err(Error::invalid_argument(
+                "master.id",
+                format!("{} is not among the voters {:?}", opts.id, opts.voters),
+            ));
+        }
+        let applied = store.applied_index()?;
+        let log = LogStore::open(dir, opts.id, &opts.voters, applied)?;
+        if applied > log.last() {
+            // The metastore holds entries the log lost (a damaged tail): it is the
+            // most complete record there is; the log restarts after it.
+            tracing::error!(
+                applied,
+                log_last = log.last(),
+                "journal: the metastore is ahead of the log; the log continues after the metastore"
+            );
+            log.rebase(applied)?;
+        }
+        if applied < log.first() - 1 {
+            return Err(Error::internal(format!(
+                "journal: the log starts after entry {} but the metastore has applied only {applied}; \
+                 the metastore was replaced by an older copy: format this master",
+                log.first() - 1
+            )));
+        }
+        // Entries the metastore applied were committed, whatever the (unsynced)
+        // commit index on disk says.
+        log.set_commit(applied)?;
+        let cfg = raft::Config {
+            id: opts.id,
+            election_tick: opts.election_ticks,
+            heartbeat_tick: opts.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| Error::invalid_argument("master raft settings", e.to_string()))?;
+        let logger = super::logger::raft_logger();
+        let mut node = RawNode::new(&cfg, log, &logger)
+            .map_err(|e| Error::internal(format!("journal: cannot start the Raft node: {e}")))?;
+        if opts.voters == [opts.id] {
+            // Alone in the group: no one to wait for.
+            node.campaign()
+                .map_err(|e| Error::internal(format!("journal: campaign: {e}")))?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let (serving_tx, serving) = watch::channel(false);
+        let shared = Arc::new(Shared::default());
+        let driver = Driver {
+            node,
+            store,
+            opts: opts.clone(),
+            shared: shared.clone(),
+            pending: BTreeMap::new(),
+            serving: serving_tx,
+            failed: None,
+            store_applied: applied,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("strata-raft-{}", opts.id))
+            .spawn(move || driver.run(rx))
+            .map_err(|e| Error::internal(format!("journal: cannot start its thread: {e}")))?;
+        Ok(RaftJournal {
+            id: opts.id,
+            tx: Mutex::new(Some(tx)),
+            shared,
+            serving,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Waits until this master leads and has applied every entry committed before
+    /// its term: from then on what it reads from the metastore is current. Fails if
+    /// the journal stops first.
+    pub async fn ready(&self) -> Result<()> {
+        let mut serving = self.serving.clone();
+        loop {
+            if *serving.borrow_and_update() {
+                return Ok(());
+            }
+            if let Some(e) = self.failure() {
+                return Err(e);
+            }
+            if serving.changed().await.is_err() {
+                return Err(self
+                    .failure()
+                    .unwrap_or_else(|| Error::unavailable("the journal stopped")));
+            }
+        }
+    }
+
+    /// The storage failure that stopped the journal, if one did.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until the journal stops (a storage failure, or [`RaftJournal::stop`]).
+    pub async fn stopped(&self) {
+        let mut serving = self.serving.clone();
+        // The thread drops the sender when it ends, whatever ended it.
+        while serving.changed().await.is_ok() {}
+    }
+
+    /// The journal's state as last published.
+    pub fn status(&self) -> JournalStatus {
+        let s = &self.shared;
+        let failed = self.failure().is_some();
+        let applied = s.applied.load(Ordering::Acquire);
+        JournalStatus {
+            id: self.id,
+            role: if failed {
+                Role::Failed
+            } else {
+                Role::from_u8(s.role.load(Ordering::Acquire))
+            },
+            term: s.term.load(Ordering::Acquire),
+            leader_id: s.leader_id.load(Ordering::Acquire),
+            // Published at different moments; what was applied was committed.
+            commit: s.commit.load(Ordering::Acquire).max(applied),
+            applied,
+            first_index: s.first_index.load(Ordering::Acquire),
+            last_index: s.last_index.load(Ordering::Acquire),
+            log_syncs: s.log_syncs.load(Ordering::Acquire),
+            wal_syncs: s.wal_syncs.load(Ordering::Acquire),
+            entries_appended: s.entries_appended.load(Ordering::Acquire),
+            log_bytes: s.log_bytes.load(Ordering::Acquire),
+        }
+    }
+
+    /// Stops the node's thread (answering waiting proposals with `Unavailable`)
+    /// and waits for it; the log and the metastore are closed when it returns.
+    pub async fn stop(&self) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(Msg::Stop);
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+impl RaftJournal {
+    /// Makes the thread meet `e` as a storage failure.
+    pub(crate) fn inject_failure(&self, e: Error) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Msg::Fail(e));
+        }
+    }
+}
+
+impl Drop for RaftJournal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(Msg::Stop);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Journal for RaftJournal {
+    async fn propose(&self, entry: JournalEntry) -> Result<Applied> {
+        let (reply, answer) = oneshot::channel();
+        let sent = {
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.as_ref().is_some_and(|tx| {
+                tx.send(Msg::Propose {
+                    data: entry.encode_to_vec(),
+                    reply,
+                })
+                .is_ok()
+            })
+        };
+        if !sent {
+            return Err(self
+                .failure()
+                .unwrap_or_else(|| Error::unavailable("the journal has stopped")));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(self.failure().unwrap_or_else(|| {
+                Error::unavailable("the journal stopped before the entry was applied")
+            }))
+        })
+    }
+}
+
+/// The thread that owns the Raft node.
+struct Driver {
+    node: RawNode<LogStore>,
+    store: Arc<MetaStore>,
+    opts: RaftOptions,
+    shared: Arc<Shared>,
+    /// Proposals waiting for their entry, by index, with the term they were made in.
+    pending: BTreeMap<u64, (u64, Reply)>,
+    serving: watch::Sender<bool>,
+    failed: Option<Error>,
+    /// The metastore's applied index.
+    store_applied: u64,
+}
+
+impl Driver {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut next_tick = Instant::now() + self.opts.tick;
+        self.publish();
+        'run: loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    if !self.handle(msg) {
+                        break 'run;
+                    }
+                    // Everything already waiting joins this round (one fsync).
+                    for _ in 1..MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(msg) => {
+                                if !self.handle(msg) {
+                                    break 'run;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick = Instant::now() + self.opts.tick;
+                self.shared
+                    .log_bytes
+                    .store(self.node.store().disk_bytes(), Ordering::Release);
+            }
+            if let Err(e) = self.on_ready() {
+                // Nothing more can be made durable or applied: the thread ends,
+                // every waiting and later proposal is refused with this error.
+                self.fail(e);
+                break 'run;
+            }
+            self.publish();
+        }
+        let why = self
+            .failed
+            .clone()
+            .unwrap_or_else(|| Error::unavailable("the master is stopping"));
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(why.clone()));
+        }
+        self.serving.send_replace(false);
+        // Dropping the watch sender wakes `stopped`.
+    }
+
+    /// Takes one message; false to stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Stop => false,
+            #[cfg(test)]
+            Msg::Fail(e) => {
+                self.fail(e);
+                false
+            }
+            Msg::Propose { data, reply } => {
+                if self.node.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(Error::unavailable(
+                        "this master is not the leader of the journal",
+                    )));
+                    return true;
+                }
+                match self.node.propose(Vec::new(), data) {
+                    Ok(()) => {
+                        let index = self.node.raft.raft_log.last_index();
+                        self.pending.insert(index, (self.node.raft.term, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::unavailable(format!(
+                            "the journal refused the entry: {e}"
+                        ))));
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        // A group of one sends nothing; peers arrive with the transport.
+        drop(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            return Err(Error::internal(
+                "journal: installing a snapshot from a peer is not supported yet",
+            ));
+        }
+        self.apply(ready.take_committed_entries())?;
+        let appended = ready.entries().len() as u64;
+        if appended > 0 || ready.hs().is_some() {
+            self.node.store().append(ready.entries(), ready.hs())?;
+            self.shared.log_syncs.fetch_add(1, Ordering::AcqRel);
+            self.shared
+                .wal_syncs
+                .store(self.node.store().wal_syncs(), Ordering::Release);
+            self.shared
+                .entries_appended
+                .fetch_add(appended, Ordering::AcqRel);
+        }
+        drop(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.store().set_commit(commit)?;
+        }
+        // Before any answer: a proposer answered sees its entry in the status.
+        self.publish();
+        drop(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.compact()?;
+        Ok(())
+    }
+
+    /// Applies committed entries in order and answers their proposers.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for e in entries {
+            let index = e.index;
+            let outcome = if e.entry_type == EntryType::EntryNormal && !e.data.is_empty() {
+                Some(self.apply_one(index, &e.data)?)
+            } else {
+                // A new leader's empty entry, or a membership change (membership is
+                // fixed by configuration): nothing for the metastore.
+                None
+            };
+            // Published before the answer: whoever is answered sees it.
+            self.shared.applied.store(index, Ordering::Release);
+            if let Some((term, reply)) = self.pending.remove(&index) {
+                let answer = match outcome {
+                    Some(r) if term == e.term => r,
+                    _ => Err(Error::unavailable(
+                        "the entry was replaced after a change of leader and not applied; retry",
+                    )),
+                };
+                let _ = reply.send(answer);
+            }
+            if e.term == self.node.raft.term && self.node.raft.state == StateRole::Leader {
+                // The first entry of this term is applied, so is everything before
+                // it: the metastore is current.
+                self.serving
+                    .send_if_modified(|s| !std::mem::replace(s, true));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one journal entry; `Err` only for a failure that must stop the node.
+    fn apply_one(&mut self, index: u64, data: &[u8]) -> Result<Result<Applied>> {
+        if index <= self.store_applied {
+            // Applied before a restart whose commit index on disk lagged behind.
+            return Ok(Err(Error::unavailable(
+                "the entry was applied before the master restarted",
+            )));
+        }
+        let entry = JournalEntry::decode(data).map_err(|e| {
+            Error::internal(format!(
+                "journal: committed entry {index} cannot be decoded ({e}); \
+                 it may come from a newer Strata"
+            ))
+        })?;
+        let result = self.store.apply(index, &entry);
+        match result {
+            Err(e) if is_storage_failure(&e) => Err(e),
+            other => {
+                self.store_applied = index;
+                Ok(other)
+            }
+        }
+    }
+
+    /// Drops applied entries from the log once it holds many, after making the
+    /// metastore durable up to them.
+    fn compact(&mut self) -> Result<()> {
+        let applied = self.node.raft.raft_log.applied;
+        let first = self.node.store().first();
+        if applied + 1 < first + self.opts.compact_after {
+            return Ok(());
+        }
+        let to = applied.saturating_sub(self.opts.keep_entries);
+        if to < first {
+            return Ok(());
+        }
+        self.store.sync()?;
+        self.node.store().compact(to)?;
+        Ok(())
+    }
+
+    fn fail(&mut self, e: Error) {
+        tracing::error!("journal stopped: {e}; restart the master to recover from its log");
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(e.clone()));
+        }
+        self.failed = Some(e);
+        self.serving.send_replace(false);
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        let raft = &self.node.raft;
+        s.role
+            .store(Role::of(raft.state).to_u8(), Ordering::Release);
+        s.term.store(raft.term, Ordering::Release);
+        s.leader_id.store(raft.leader_id, Ordering::Release);
+        s.commit.store(raft.raft_log.committed, Ordering::Release);
+        s.first_index
+            .store(self.node.store().first(), Ordering::Release);
+        s.last_index
+            .store(self.node.store().last(), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::{CreateEntry, InodeRecord, Op};
+    use strata_common::ids::FileId;
+
+    fn create(id: u64) -> JournalEntry {
+        Op::Create(CreateEntry {
+            parent_id: FileId::ROOT.0,
+            path: format!("/f{id}"),
+            inodes: vec![InodeRecord {
+                id,
+                parent_id: FileId::ROOT.0,
+                name: format!("f{id}"),
+                block_size: 4096,
+                mtime_ms: 1,
+                ..Default::default()
+            }],
+            expected_parent_version: None,
+        })
+        .into()
+    }
+
+    struct Node {
+        store: Arc<MetaStore>,
+        journal: RaftJournal,
+    }
+
+    async fn open(dir: &Path, opts: RaftOptions) -> Result<Node> {
+        let store = Arc::new(MetaStore::open(&dir.join("meta"), 1000)?);
+        let journal = RaftJournal::start(&dir.join("journal"), store.clone(), opts)?;
+        journal.ready().await?;
+        Ok(Node { store, journal })
+    }
+
+    impl Node {
+        async fn close(self) {
+            self.journal.stop().await;
+            drop(self.journal);
+            assert_eq!(Arc::strong_count(&self.store), 1, "the thread let go");
+        }
+    }
+
+    fn names(store: &MetaStore) -> Vec<String> {
+        store
+            .list_children_page(FileId::ROOT.0, None, 100_000)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_answer_comes_after_its_entry_is_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        for id in 2..12 {
+            let before = n.journal.status();
+            n.journal.propose(create(id)).await.unwrap();
+            let after = n.journal.status();
+            assert!(after.log_syncs > before.log_syncs, "{before:?} {after:?}");
+            // RocksDB's own count of write-ahead-log syncs: the write was synced.
+            assert!(after.wal_syncs > before.wal_syncs, "{before:?} {after:?}");
+            assert!(after.applied > before.applied);
+        }
+        assert_eq!(names(&n.store).len(), 10);
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_proposals_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Arc::new(open(dir.path(), RaftOptions::single()).await.unwrap());
+        let before = n.journal.status();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let n = n.clone();
+                tokio::spawn(async move { n.journal.propose(create(100 + i)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let after = n.journal.status();
+        let entries = after.entries_appended - before.entries_appended;
+        let syncs = after.log_syncs - before.log_syncs;
+        assert!(entries >= 64, "{entries} entries");
+        assert!(syncs < 64, "64 concurrent proposals took {syncs} fsyncs");
+        assert_eq!(names(&n.store).len(), 64);
+        let n = Arc::into_inner(n).unwrap();
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_applies_nothing_twice_and_a_lost_metastore_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        for id in 2..52 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        // A name taken twice: a deterministic conflict, recorded like any entry.
+        let conflict = n.journal.propose(create(2)).await;
+        assert!(
+            matches!(conflict, Err(Error::AlreadyExists { .. })),
+            "{conflict:?}"
+        );
+        let dump = n.store.dump().unwrap();
+        let applied = n.store.applied_index().unwrap();
+        n.close().await;
+
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(n.store.dump().unwrap(), dump, "a restart changes nothing");
+        assert_eq!(n.store.applied_index().unwrap(), applied);
+        n.close().await;
+
+        std::fs::remove_dir_all(dir.path().join("meta")).unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(n.store.dump().unwrap(), dump, "replayed from the log");
+        n.journal.propose(create(60)).await.unwrap();
+        assert_eq!(names(&n.store).len(), 51);
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_log_tail_is_dropped_and_the_intact_prefix_kept() {
+        for keep_metastore in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+            for id in 2..22 {
+                n.journal.propose(create(id)).await.unwrap();
+            }
+            let last = n.journal.status().last_index;
+            n.close().await;
+            // Garble the entry five before the end, as a torn or rotten write would.
+            {
+                let db = rocksdb::DB::open_default(dir.path().join("journal")).unwrap();
+                let mut key = vec![b'e'];
+                key.extend_from_slice(&(last - 4).to_be_bytes());
+                db.put(&key, b"\xff\xfe not an entry").unwrap();
+            }
+            if !keep_metastore {
+                std::fs::remove_dir_all(dir.path().join("meta")).unwrap();
+            }
+            let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+            // A kept metastore has all 20 files and the log goes on after it;
+            // rebuilt from the log, the five from the damage on are gone.
+            let expect = if keep_metastore { 20 } else { 15 };
+            assert_eq!(names(&n.store).len(), expect, "kept {keep_metastore}");
+            n.journal.propose(create(99)).await.unwrap();
+            assert_eq!(names(&n.store).len(), expect + 1);
+            n.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_compacted_behind_the_durable_metastore() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RaftOptions {
+            compact_after: 40,
+            keep_entries: 10,
+            ..RaftOptions::single()
+        };
+        let n = open(dir.path(), opts.clone()).await.unwrap();
+        for id in 2..102 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        let s = n.journal.status();
+        assert!(s.first_index > 40, "{s:?}");
+        assert!(s.last_index - s.first_index < 60, "{s:?}");
+        let dump = n.store.dump().unwrap();
+        n.close().await;
+
+        let n = open(dir.path(), opts.clone()).await.unwrap();
+        assert_eq!(n.store.dump().unwrap(), dump);
+        n.close().await;
+
+        // Without its metastore, a compacted log cannot rebuild the state: a clear
+        // error, not a namespace missing its first entries.
+        std::fs::remove_dir_all(dir.path().join("meta")).unwrap();
+        let err = open(dir.path(), opts).await.err().expect("refused");
+        assert!(err.to_string().contains("format this master"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metastore_from_before_the_log_continues_after_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = MetaStore::open(&dir.path().join("meta"), 1000).unwrap();
+            for (i, id) in (2..7).enumerate() {
+                store.apply(i as u64 + 1, &create(id)).unwrap();
+            }
+        }
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert!(n.journal.status().first_index > 5);
+        n.journal.propose(create(7)).await.unwrap();
+        assert_eq!(names(&n.store).len(), 6);
+        n.close().await;
+    }
+
+    fn mkdir(id: u64) -> JournalEntry {
+        let JournalEntry { op } = create(id);
+        let Some(Op::Create(mut e)) = op else {
+            unreachable!()
+        };
+        e.inodes[0].is_dir = true;
+        e.inodes[0].complete = true;
+        Op::Create(e).into()
+    }
+
+    fn create_in(parent: u64, id: u64) -> JournalEntry {
+        Op::Create(CreateEntry {
+            parent_id: parent,
+            path: format!("/f{parent}/f{id}"),
+            inodes: vec![InodeRecord {
+                id,
+                parent_id: parent,
+                name: format!("f{id}"),
+                block_size: 4096,
+                mtime_ms: 1,
+                ..Default::default()
+            }],
+            expected_parent_version: None,
+        })
+        .into()
+    }
+
+    /// Replaces inode `id`'s record in a closed metastore; returns the old bytes.
+    fn overwrite_inode(meta: &Path, id: u64, bytes: &[u8]) -> Vec<u8> {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), meta).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), meta, cfs).unwrap();
+        let cf = db.cf_handle("inodes").unwrap();
+        let old = db.get_cf(cf, id.to_be_bytes()).unwrap().unwrap();
+        db.put_cf(cf, id.to_be_bytes(), bytes).unwrap();
+        old
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storage_failure_stops_the_journal_and_a_restart_recovers_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        n.journal.propose(mkdir(2)).await.unwrap();
+        n.close().await;
+        // A damaged record: applying anything under that folder fails, and
+        // nothing after the failing entry may be applied out of order.
+        let good = overwrite_inode(&meta, 2, b"\xff\xff\xff damaged");
+
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        let err = n.journal.propose(create_in(2, 3)).await.unwrap_err();
+        assert!(matches!(err, Error::Internal { .. }), "{err}");
+        tokio::time::timeout(Duration::from_secs(10), n.journal.stopped())
+            .await
+            .expect("the journal stops");
+        assert_eq!(n.journal.status().role, Role::Failed);
+        assert!(n.journal.failure().is_some());
+        let later = n.journal.propose(create(4)).await.unwrap_err();
+        assert_eq!(later.to_string(), err.to_string(), "refused with the cause");
+        assert!(n.journal.ready().await.is_err());
+        assert_eq!(
+            names(&n.store),
+            vec!["f2"],
+            "nothing applied past the failure"
+        );
+        n.close().await;
+
+        // Repaired, the master applies the committed entry from its log.
+        overwrite_inode(&meta, 2, &good);
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        let inside = n.store.list_children_page(2, None, 10).unwrap().0;
+        assert_eq!(
+            inside.len(),
+            1,
+            "the committed create was applied on restart"
+        );
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_of_another_master_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), RaftOptions::single())
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let other = RaftOptions {
+            id: 2,
+            voters: vec![2],
+            ..RaftOptions::single()
+        };
+        let err = open(dir.path(), other).await.err().expect("refused");
+        assert!(err.to_string().contains("belongs to master 1"), "{err}");
+    }
+}
