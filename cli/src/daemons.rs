@@ -197,7 +197,19 @@ pub async fn local(cli: &crate::Cli, args: &LocalArgs) -> anyhow::Result<i32> {
     println!("  under-store  / -> {}", cfg.master.root_ufs);
     println!("Try:  strata fs ls /");
     println!("Stop: Ctrl-C, or kill -TERM {}", std::process::id());
-    let (a, b) = tokio::join!(m.wait(), w.wait());
+    // Either daemon stopping (a failed journal, a lost tier) stops the other.
+    let (a, b) = tokio::join!(
+        async {
+            let r = m.wait().await;
+            shutdown.cancel();
+            r
+        },
+        async {
+            let r = w.wait().await;
+            shutdown.cancel();
+            r
+        }
+    );
     a?;
     b?;
     println!("Strata local cluster stopped.");
@@ -220,8 +232,17 @@ async fn wait_for_worker(cfg: &SiteConfig, shutdown: &CancellationToken) -> anyh
     anyhow::bail!("the worker did not register with the master within 10s")
 }
 
-/// Erases the metastore, the journal and the worker's MEM tier.
+/// Erases the journal, the metastore and the worker's MEM tier.
 pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
+    // The journal first: a format cut short leaves an old metastore without a
+    // journal (it starts as it was, and the format is run again), never an old
+    // journal replayed into an empty metastore.
+    let journal = cfg.journal_dir();
+    if strata_master::journal::log::LogStore::erase(&journal)
+        .map_err(|e| anyhow::anyhow!("cannot format: {e}"))?
+    {
+        println!("Formatted journal {}", journal.display());
+    }
     let meta = cfg.metastore_dir();
     if meta.exists() {
         // Opening takes RocksDB's lock: this fails while a master runs on it.
@@ -234,12 +255,6 @@ pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
         }
         std::fs::remove_dir_all(&meta)?;
         println!("Formatted metastore {}", meta.display());
-    }
-    let journal = cfg.journal_dir();
-    if strata_master::journal::log::LogStore::erase(&journal)
-        .map_err(|e| anyhow::anyhow!("cannot format: {e}"))?
-    {
-        println!("Formatted journal {}", journal.display());
     }
     let tier = strata_worker::mem_tier_dir(&cfg)?;
     if tier.exists() {

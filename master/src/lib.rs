@@ -197,9 +197,11 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         "master listening"
     );
 
+    let mutations = tokio_util::task::TaskTracker::new();
     let fs = FileSystemMasterServer::new(service::FileSystemService {
         ns: ns.clone(),
         registry: registry.clone(),
+        mutations: mutations.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -259,6 +261,10 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
             .serve_with_incoming_shutdown(strata_common::proto::incoming(listener), stop)
             .await
             .map_err(|e| Error::internal(format!("master server: {e}")));
+        // Mutations whose callers went away still finish, entry included, before
+        // the journal stops (a failed journal answers them at once).
+        mutations.close();
+        mutations.wait().await;
         let failure = journal.failure();
         background_stop.cancel();
         journal.stop().await;

@@ -400,7 +400,7 @@ impl Namespace {
     }
 
     /// The cluster's id (see `MetaStore::cluster_id`).
-    pub fn cluster_id(&self) -> &str {
+    pub fn cluster_id(&self) -> String {
         self.store.cluster_id()
     }
 
@@ -798,20 +798,29 @@ impl Namespace {
     /// instead: it covers `path` and every sibling a concurrent create would make
     /// there, so two creates never both make the same folder.
     async fn lock_for_create(&self, path: &StrataPath) -> Result<(PathGuard, Resolved)> {
-        let guard = self.locks.lock(&[path]).await;
-        let r = self.resolve_synced(path).await?;
-        if r.missing.len() <= 1 {
-            return Ok((guard, r));
+        let mut locked = path.clone();
+        let mut guard = self.locks.lock(&[path]).await;
+        // The topmost missing folder only moves up (a folder above removed
+        // meanwhile), so this widens at most once per level.
+        for _ in 0..=path.depth() {
+            let r = self.resolve_synced(path).await?;
+            let top = if r.missing.len() <= 1 {
+                path.clone()
+            } else {
+                StrataPath::parse(&prefix_path(
+                    &path.components().take(r.chain.len()).collect::<Vec<_>>(),
+                ))?
+            };
+            if top.starts_with(&locked) {
+                return Ok((guard, r));
+            }
+            drop(guard);
+            guard = self.locks.lock(&[&top]).await;
+            locked = top;
         }
-        let top = StrataPath::parse(&prefix_path(
-            &path.components().take(r.chain.len()).collect::<Vec<_>>(),
-        ))?;
-        drop(guard);
-        let guard = self.locks.lock(&[&top]).await;
-        // Resolved again under the wider lock: a concurrent create may have made
-        // some of the folders meanwhile.
-        let r = self.resolve_synced(path).await?;
-        Ok((guard, r))
+        Err(Error::unavailable(format!(
+            "{path}: the folders above it kept changing while it was created"
+        )))
     }
 
     /// Creates a directory (and its missing parents when `recursive`).

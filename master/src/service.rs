@@ -11,6 +11,7 @@ use strata_common::proto::{
 };
 use strata_common::types::{parse_path, CreateFile, UfsFingerprint, UfsLocation};
 use strata_common::Error;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -19,6 +20,8 @@ type Answer<T> = Result<Response<T>, Status>;
 pub struct FileSystemService {
     pub(crate) ns: Arc<Namespace>,
     pub(crate) registry: Arc<Registry>,
+    /// Mutations running on their own (see [`detached`]).
+    pub(crate) mutations: TaskTracker,
 }
 
 /// The worker-facing block service.
@@ -50,10 +53,13 @@ fn ok<T>(v: T) -> Answer<T> {
 /// Runs a mutation in a task of its own: a caller that goes away (a deadline, a
 /// dropped connection) cancels the handler, not the mutation, so it is never cut
 /// between its under-store side effect and its journal entry.
+/// The master waits for these tasks before it stops its journal.
 async fn detached<T: Send + 'static>(
+    tasks: &TaskTracker,
     mutation: impl std::future::Future<Output = strata_common::Result<T>> + Send + 'static,
 ) -> strata_common::Result<T> {
-    tokio::spawn(mutation)
+    tasks
+        .spawn(mutation)
         .await
         .map_err(|e| Error::internal(format!("mutation task failed: {e}")))?
 }
@@ -104,7 +110,10 @@ impl FileSystemMaster for FileSystemService {
         let req = req.into_inner();
         let path = parse_path(&req.path)?;
         let ns = self.ns.clone();
-        let info = detached(async move { ns.mkdir(&path, req.recursive).await }).await?;
+        let info = detached(&self.mutations, async move {
+            ns.mkdir(&path, req.recursive).await
+        })
+        .await?;
         ok(proto::CreateDirectoryResponse {
             info: Some(info.into()),
         })
@@ -116,7 +125,8 @@ impl FileSystemMaster for FileSystemService {
     ) -> Answer<proto::CreateFileResponse> {
         let req = CreateFile::try_from(req.into_inner())?;
         let ns = self.ns.clone();
-        let (info, ufs) = detached(async move { ns.create_file(&req).await }).await?;
+        let (info, ufs) =
+            detached(&self.mutations, async move { ns.create_file(&req).await }).await?;
         ok(proto::CreateFileResponse {
             info: Some(info.into()),
             ufs: ufs.map(Into::into),
@@ -149,7 +159,7 @@ impl FileSystemMaster for FileSystemService {
         };
         let staged_at = req.ufs.map(UfsLocation::try_from).transpose()?;
         let ns = self.ns.clone();
-        let info = detached(async move {
+        let info = detached(&self.mutations, async move {
             ns.complete_file(FileId(req.file_id), req.length, ufs, staged_at)
                 .await
         })
@@ -164,7 +174,10 @@ impl FileSystemMaster for FileSystemService {
         let path = parse_path(&req.path)?;
         let ns = self.ns.clone();
         let only = (req.file_id != 0).then_some(FileId(req.file_id));
-        detached(async move { ns.delete(&path, req.recursive, only).await }).await?;
+        detached(&self.mutations, async move {
+            ns.delete(&path, req.recursive, only).await
+        })
+        .await?;
         ok(proto::DeleteResponse {})
     }
 
@@ -172,7 +185,7 @@ impl FileSystemMaster for FileSystemService {
         let req = req.into_inner();
         let (src, dst) = (parse_path(&req.src)?, parse_path(&req.dst)?);
         let ns = self.ns.clone();
-        detached(async move { ns.rename(&src, &dst).await }).await?;
+        detached(&self.mutations, async move { ns.rename(&src, &dst).await }).await?;
         ok(proto::RenameResponse {})
     }
 
@@ -183,14 +196,17 @@ impl FileSystemMaster for FileSystemService {
             return Err(Error::invalid_argument("uri", "missing").into());
         }
         let ns = self.ns.clone();
-        detached(async move { ns.mount(&path, &req.uri, req.read_only).await }).await?;
+        detached(&self.mutations, async move {
+            ns.mount(&path, &req.uri, req.read_only).await
+        })
+        .await?;
         ok(proto::MountResponse {})
     }
 
     async fn unmount(&self, req: Request<proto::UnmountRequest>) -> Answer<proto::UnmountResponse> {
         let path = parse_path(&req.into_inner().path)?;
         let ns = self.ns.clone();
-        detached(async move { ns.unmount(&path).await }).await?;
+        detached(&self.mutations, async move { ns.unmount(&path).await }).await?;
         ok(proto::UnmountResponse {})
     }
 

@@ -59,6 +59,8 @@ const METASTORE_BLOCK_CACHE_BYTES: usize = 32 << 20;
 pub const RECLAIM_MAX: u32 = 65_536;
 
 const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
+/// Largest applied index taken as real (2^62: centuries of entries).
+pub const MAX_INDEX: u64 = 1 << 62;
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
 const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
@@ -126,7 +128,7 @@ pub struct MetaStore {
     edge_cache: Cache<(u64, String), u64>,
     generation: AtomicU64,
     mounts: RwLock<Vec<MountRecord>>,
-    cluster_id: String,
+    cluster_id: RwLock<String>,
     upgraded: bool,
 }
 
@@ -165,12 +167,12 @@ impl MetaStore {
             edge_cache: Cache::new(cache_entries),
             generation: AtomicU64::new(0),
             mounts: RwLock::new(Vec::new()),
-            cluster_id: String::new(),
+            cluster_id: RwLock::new(String::new()),
             upgraded: false,
         };
         store.ensure_root()?;
         store.ensure_incomplete_index()?;
-        store.cluster_id = store.ensure_cluster_id()?;
+        store.cluster_id = RwLock::new(store.ensure_cluster_id()?);
         store.upgraded = store.get_meta(KEY_CLUSTER_ID_UPGRADED)? != 0;
         store.load_mounts()?;
         Ok(store)
@@ -202,8 +204,28 @@ impl MetaStore {
     }
 
     /// The cluster's id.
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes `id` as the cluster's id: for an empty store about to be rebuilt from
+    /// the journal of that cluster. Refused once anything was applied.
+    pub fn adopt_cluster_id(&self, id: &str) -> Result<()> {
+        if self.applied_index()? > 0 {
+            return Err(Error::internal(
+                "metastore: a store with a history keeps its cluster id",
+            ));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META)?, KEY_CLUSTER_ID, id.as_bytes());
+        let mut w = rocksdb::WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(batch, &w).map_err(storage)?;
+        *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -332,7 +354,15 @@ impl MetaStore {
 
     /// Index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> Result<u64> {
-        self.get_meta(KEY_APPLIED_INDEX)
+        let applied = self.get_meta(KEY_APPLIED_INDEX)?;
+        // No log reaches this far: a value past it is a damaged record, and would
+        // overflow the log's index arithmetic.
+        if applied > MAX_INDEX {
+            return Err(Error::internal(format!(
+                "metastore: corrupt applied index {applied}"
+            )));
+        }
+        Ok(applied)
     }
 
     /// Largest inode id any applied entry used.

@@ -3,19 +3,33 @@
 //! log does not serve.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use strata_client::FileSystem;
 use strata_common::config::SiteConfig;
+use strata_common::proto::{self, file_system_master_client::FileSystemMasterClient};
+use strata_master::oplock::PausePoint;
 use strata_master::{MasterDeps, MasterHandle};
 use strata_tests::{list_names, test_config};
 use tokio_util::sync::CancellationToken;
 
 async fn start(data: &Path) -> (MasterHandle, CancellationToken, FileSystem, SiteConfig) {
-    let mut config = test_config(data, &[("master.root_ufs", "\"\"".to_string())]);
+    start_with(data, None, None).await
+}
+
+/// A master on `data`, with `ufs` mounted at the root when given.
+async fn start_with(
+    data: &Path,
+    ufs: Option<&Path>,
+    pause: Option<Arc<PausePoint>>,
+) -> (MasterHandle, CancellationToken, FileSystem, SiteConfig) {
+    let root_ufs = ufs.map_or(String::new(), |u| format!("file://{}", u.display()));
+    let mut config = test_config(data, &[("master.root_ufs", format!("{root_ufs:?}"))]);
     let stop = CancellationToken::new();
     let master = strata_master::start(MasterDeps {
         config: config.clone(),
         shutdown: stop.clone(),
-        pause_after_under_store: None,
+        pause_after_under_store: pause,
     })
     .await
     .expect("master starts");
@@ -84,6 +98,48 @@ async fn the_log_replays_what_a_metastore_lost_and_a_failing_replay_refuses_to_s
     let (mut master, stop, fs, _) = start(dir.path()).await;
     assert_eq!(list_names(&fs, "/d").await, vec!["inner"]);
     assert_eq!(list_names(&fs, "/").await, vec!["d", "e"]);
+    stop.cancel();
+    master.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_cut_off_from_its_caller_finishes_before_the_master_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let ufs = dir.path().join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let pause = Arc::new(PausePoint::default());
+    let (mut master, stop, fs, _) = start_with(dir.path(), Some(&ufs), Some(pause.clone())).await;
+    let id = fs.mkdir("/a", false).await.unwrap().id;
+    pause.arm();
+    let mut client = FileSystemMasterClient::connect(format!("http://{}", master.addr))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(proto::RenameRequest {
+        src: "/a".into(),
+        dst: "/b".into(),
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let call = tokio::spawn(async move { client.rename(req).await });
+    pause.reached().await;
+    assert!(call.await.unwrap().is_err(), "the caller gave up");
+    assert!(ufs.join("b").exists(), "the under-store has moved");
+    // The master is asked to stop while the rename is held between its two steps.
+    stop.cancel();
+    let stopping = tokio::spawn(async move { master.wait().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the master waits for the mutation");
+    pause.release();
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("then stops")
+        .unwrap()
+        .unwrap();
+    drop(fs);
+
+    // Its entry was committed: the same folder is at the new name.
+    let (mut master, stop, fs, _) = start_with(dir.path(), Some(&ufs), None).await;
+    assert_eq!(fs.get_status("/b").await.unwrap().id, id);
+    assert!(!fs.exists("/a").await.unwrap());
     stop.cancel();
     master.wait().await.unwrap();
 }

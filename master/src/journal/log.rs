@@ -12,12 +12,13 @@
 //! Keys: `e` + index (8 bytes, big-endian) → an `Entry`; `m/hard` → the
 //! `HardState`; `m/conf` → the `ConfState`; `m/base` → index and term of the last
 //! entry compacted away (the log holds `base + 1 ..= last`); `m/node` → this
-//! master's Raft id, fixed at the log's creation.
+//! master's Raft id and `m/cluster` → the cluster's id, both fixed at the log's
+//! creation (a metastore of another cluster is never fed this log's entries).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use strata_common::{Error, Result};
 
@@ -25,6 +26,7 @@ const KEY_HARD: &[u8] = b"m/hard";
 const KEY_CONF: &[u8] = b"m/conf";
 const KEY_BASE: &[u8] = b"m/base";
 const KEY_NODE: &[u8] = b"m/node";
+const KEY_CLUSTER: &[u8] = b"m/cluster";
 const ENTRY_PREFIX: u8 = b'e';
 
 /// Largest entry the log accepts or reads back; a bigger one on disk is corruption.
@@ -60,20 +62,14 @@ struct Core {
 pub struct LogStore {
     db: DB,
     opts: Options,
+    dir: PathBuf,
     core: RwLock<Core>,
 }
 
 impl LogStore {
-    /// Opens the log in `dir`, creating it for Raft node `node_id` with `voters` when
-    /// it does not exist. A new log for a state machine that already applied
-    /// `applied` entries (a metastore kept from before the log) starts compacted at
-    /// that index, so Raft continues after it.
-    ///
-    /// A log made for another node id is refused. Entries past the first that is
-    /// unreadable or out of sequence are dropped, loudly: the log continues from the
-    /// intact prefix (RocksDB itself recovers its write-ahead log to the last
-    /// consistent point).
-    pub fn open(dir: &Path, node_id: u64, voters: &[u64], applied: u64) -> Result<LogStore> {
+    /// Opens (or creates, empty) the log in `dir`. A log made for another node id
+    /// is refused. Call [`LogStore::create`] on a new log, then [`LogStore::load`].
+    pub fn open(dir: &Path, node_id: u64) -> Result<LogStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| storage(&format!("cannot create {}", dir.display()), e))?;
         let mut opts = Options::default();
@@ -89,26 +85,43 @@ impl LogStore {
         let store = LogStore {
             db,
             opts,
+            dir: dir.to_path_buf(),
             core: RwLock::new(Core::default()),
         };
-        match store.get(KEY_NODE)? {
-            Some(v) => {
-                let id = u64_of(&v).ok_or_else(|| storage("node id", "corrupt"))?;
-                if id != node_id {
-                    return Err(Error::invalid_argument(
-                        "master.id",
-                        format!(
-                            "the journal in {} belongs to master {id}, not {node_id}; \
-                             format this master to give it a new journal",
-                            dir.display()
-                        ),
-                    ));
-                }
+        if let Some(v) = store.get(KEY_NODE)? {
+            let id = u64_of(&v).ok_or_else(|| store.damaged("its node id is corrupt"))?;
+            if id != node_id {
+                return Err(Error::invalid_argument(
+                    "master.id",
+                    format!(
+                        "the journal in {} belongs to master {id}, not {node_id}; \
+                         format this master to give it a new journal",
+                        dir.display()
+                    ),
+                ));
             }
-            None => store.create(node_id, voters, applied)?,
         }
-        store.load()?;
         Ok(store)
+    }
+
+    /// Whether the log was never created (no node id recorded).
+    pub fn is_new(&self) -> Result<bool> {
+        Ok(self.get(KEY_NODE)?.is_none())
+    }
+
+    /// The id of the cluster whose entries the log holds.
+    pub fn cluster(&self) -> Result<String> {
+        let v = self
+            .get(KEY_CLUSTER)?
+            .ok_or_else(|| self.damaged("its cluster id is missing"))?;
+        String::from_utf8(v).map_err(|_| self.damaged("its cluster id is corrupt"))
+    }
+
+    fn damaged(&self, what: &str) -> Error {
+        Error::internal(format!(
+            "journal {}: {what}; restore this master's data or format it",
+            self.dir.display()
+        ))
     }
 
     /// Removes the log in `dir`; false if there was none. Fails while a master
@@ -117,20 +130,26 @@ impl LogStore {
         if !dir.exists() {
             return Ok(false);
         }
-        // Opening takes RocksDB's lock: this fails while a master runs on it.
-        let db = DB::open(&Options::default(), dir).map_err(|e| {
-            Error::unavailable(format!(
-                "{}: the journal is in use or damaged: {e}",
-                dir.display()
-            ))
-        })?;
-        drop(db);
+        if dir.join("CURRENT").exists() {
+            // Opening takes RocksDB's lock: this fails while a master runs on it.
+            let db = DB::open(&Options::default(), dir).map_err(|e| {
+                Error::unavailable(format!(
+                    "{}: the journal is in use or damaged: {e}",
+                    dir.display()
+                ))
+            })?;
+            drop(db);
+        }
         std::fs::remove_dir_all(dir)
             .map_err(|e| storage(&format!("cannot remove {}", dir.display()), e))?;
         Ok(true)
     }
 
-    fn create(&self, node_id: u64, voters: &[u64], applied: u64) -> Result<()> {
+    /// Makes a new log for Raft node `node_id` among `voters`, holding entries of
+    /// cluster `cluster`. For a state machine that already applied `applied`
+    /// entries (a metastore from before the log), the log starts compacted at that
+    /// index, so Raft continues after it.
+    pub fn create(&self, node_id: u64, voters: &[u64], applied: u64, cluster: &str) -> Result<()> {
         let conf = ConfState {
             voters: voters.to_vec(),
             ..Default::default()
@@ -145,76 +164,146 @@ impl LogStore {
         batch.put(KEY_CONF, encode(&conf)?);
         batch.put(KEY_HARD, encode(&hard)?);
         batch.put(KEY_BASE, pair(applied, base_term));
+        batch.put(KEY_CLUSTER, cluster.as_bytes());
         batch.put(KEY_NODE, node_id.to_be_bytes());
         self.write(batch, true)
     }
 
-    fn load(&self) -> Result<()> {
-        let hard: HardState = decode(&self.get(KEY_HARD)?.unwrap_or_default(), "hard state")?;
-        let conf: ConfState = decode(&self.get(KEY_CONF)?.unwrap_or_default(), "conf state")?;
+    /// Reads the log back for a state machine that applied `applied` entries (and
+    /// made them durable). The members must be `voters`.
+    ///
+    /// Entries are checked to be readable, contiguous and of non-decreasing terms.
+    /// Entries at or before `applied` are in the state machine already: when one of
+    /// them is damaged, or the log ends before `applied`, the log restarts after
+    /// `applied`, keeping the intact entries beyond it. From the first damaged entry
+    /// after `applied` on, the log is dropped: the master continues from the
+    /// intact prefix. Both are logged as errors.
+    pub fn load(&self, voters: &[u64], applied: u64) -> Result<()> {
+        let hard: HardState = decode(
+            &self
+                .get(KEY_HARD)?
+                .ok_or_else(|| self.damaged("its hard state (term and vote) is missing"))?,
+            "hard state",
+        )?;
+        let conf: ConfState = decode(
+            &self
+                .get(KEY_CONF)?
+                .ok_or_else(|| self.damaged("its membership is missing"))?,
+            "membership",
+        )?;
+        let (mut have, mut want) = (conf.voters.clone(), voters.to_vec());
+        have.sort_unstable();
+        want.sort_unstable();
+        if have != want {
+            return Err(Error::invalid_argument(
+                "master.peers",
+                format!(
+                    "the journal in {} was made for the masters {have:?}, the configuration \
+                     names {want:?}; membership is fixed when a master is formatted",
+                    self.dir.display()
+                ),
+            ));
+        }
         let (base_index, base_term) = self
             .get(KEY_BASE)?
             .and_then(|v| unpair(&v))
-            .ok_or_else(|| storage("base", "missing or corrupt"))?;
-        // Walk the entries: contiguous from base + 1, terms never going down.
-        let (mut last_index, mut last_term) = (base_index, base_term);
-        let mut bad: Option<String> = None;
+            .ok_or_else(|| self.damaged("its compaction point is missing or corrupt"))?;
+        if applied < base_index {
+            return Err(Error::internal(format!(
+                "journal {}: the log starts after entry {base_index} but the metastore has \
+                 applied only {applied}; the metastore was replaced by an older copy: \
+                 format this master",
+                self.dir.display()
+            )));
+        }
+        let mut base = (base_index, base_term);
+        let (mut last, mut bad) = self.scan(base);
+        if last.0 < applied {
+            let term = self
+                .read_entry(applied)
+                .ok()
+                .filter(|e| e.index == applied)
+                .map_or(hard.term.max(last.1), |e| e.term);
+            tracing::error!(
+                applied,
+                log_last = last.0,
+                damage = bad.as_deref().unwrap_or("none"),
+                "journal: the log lost entries the metastore has applied; it continues after \
+                 the metastore's entry {applied}"
+            );
+            base = (applied, term);
+            (last, bad) = self.scan(base);
+        }
+        let mut batch = WriteBatch::default();
+        if base.0 != base_index {
+            batch.put(KEY_BASE, pair(base.0, base.1));
+            batch.delete_range(entry_key(0), entry_key(base.0 + 1));
+        }
+        if let Some(why) = &bad {
+            tracing::error!(
+                kept_through = last.0,
+                "journal: {why}; dropping the log from there and continuing from the intact prefix"
+            );
+            batch.delete_range(entry_key(last.0 + 1), entry_key(u64::MAX));
+        }
+        if !batch.is_empty() {
+            self.write(batch, true)?;
+        }
+        let mut hard = hard;
+        if hard.commit > last.0 {
+            tracing::error!(
+                commit = hard.commit,
+                last_index = last.0,
+                "journal: the log ends before its commit index; continuing from what it holds"
+            );
+            hard.commit = last.0;
+        }
+        hard.commit = hard.commit.max(base.0);
+        hard.term = hard.term.max(last.1);
+        *self.core.write().unwrap_or_else(|p| p.into_inner()) = Core {
+            hard,
+            conf,
+            base_index: base.0,
+            base_term: base.1,
+            last_index: last.0,
+            last_term: last.1,
+        };
+        Ok(())
+    }
+
+    /// Walks the entries after `from` (index, term) while they are readable,
+    /// contiguous and of non-decreasing terms: the last good (index, term), and why
+    /// the walk stopped early, if it did.
+    fn scan(&self, from: (u64, u64)) -> ((u64, u64), Option<String>) {
+        let mut last = from;
         let iter = self.db.iterator(rocksdb::IteratorMode::From(
-            &entry_key(base_index + 1),
+            &entry_key(from.0 + 1),
             rocksdb::Direction::Forward,
         ));
         for item in iter {
-            let (k, v) = item.map_err(|e| storage("read", e))?;
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return (last, Some(format!("reading after entry {}: {e}", last.0))),
+            };
             if k.first() != Some(&ENTRY_PREFIX) {
                 break;
             }
             let index = u64_of(&k[1..]).unwrap_or(0);
-            let entry: Result<Entry> = decode(&v, "entry");
-            match entry {
-                Ok(e) if index == last_index + 1 && e.index == index && e.term >= last_term => {
-                    last_index = index;
-                    last_term = e.term;
+            match decode::<Entry>(&v, "entry") {
+                Ok(e) if index == last.0 + 1 && e.index == index && e.term >= last.1 => {
+                    last = (index, e.term);
                 }
                 Ok(e) => {
-                    bad = Some(format!(
-                        "entry at key {index} (index {}, term {}) does not follow {last_index} (term {last_term})",
-                        e.index, e.term
-                    ));
-                    break;
+                    let why = format!(
+                        "entry at key {index} (index {}, term {}) does not follow {} (term {})",
+                        e.index, e.term, last.0, last.1
+                    );
+                    return (last, Some(why));
                 }
-                Err(e) => {
-                    bad = Some(format!("entry at {index} is unreadable: {e}"));
-                    break;
-                }
+                Err(e) => return (last, Some(format!("entry at {index} is unreadable: {e}"))),
             }
         }
-        if let Some(why) = bad {
-            tracing::error!(
-                kept_through = last_index,
-                "journal: {why}; dropping the log from there and continuing from the intact prefix"
-            );
-            let mut batch = WriteBatch::default();
-            batch.delete_range(entry_key(last_index + 1), entry_key(u64::MAX));
-            self.write(batch, true)?;
-        }
-        let mut hard = hard;
-        if hard.commit > last_index {
-            tracing::error!(
-                commit = hard.commit,
-                last_index,
-                "journal: the log ends before its commit index; continuing from what it holds"
-            );
-            hard.commit = last_index;
-        }
-        *self.core.write().unwrap_or_else(|p| p.into_inner()) = Core {
-            hard,
-            conf,
-            base_index,
-            base_term,
-            last_index,
-            last_term,
-        };
-        Ok(())
+        (last, None)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -318,26 +407,6 @@ impl LogStore {
         let mut c = self.core.write().unwrap_or_else(|p| p.into_inner());
         c.base_index = index;
         c.base_term = term;
-        Ok(())
-    }
-
-    /// Drops every entry and restarts the log after `index`, for a metastore that
-    /// applied entries this log lost.
-    pub fn rebase(&self, index: u64) -> Result<()> {
-        let mut core = self.core().clone();
-        let term = core.hard.term.max(core.last_term);
-        core.hard.term = term;
-        core.hard.commit = index;
-        let mut batch = WriteBatch::default();
-        batch.delete_range(entry_key(0), entry_key(u64::MAX));
-        batch.put(KEY_BASE, pair(index, term));
-        batch.put(KEY_HARD, encode(&core.hard)?);
-        self.write(batch, true)?;
-        core.base_index = index;
-        core.base_term = term;
-        core.last_index = index;
-        core.last_term = term;
-        *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
         Ok(())
     }
 

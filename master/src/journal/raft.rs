@@ -196,6 +196,9 @@ enum Msg {
     /// Tests: a storage failure as the thread would meet it.
     #[cfg(test)]
     Fail(Error),
+    /// Tests: a panic inside the node, as raft-rs raises on some storage errors.
+    #[cfg(test)]
+    Panic(String),
 }
 
 /// The master's journal: a Raft group whose log is durable in RocksDB and whose
@@ -220,24 +223,33 @@ impl RaftJournal {
             ));
         }
         let applied = store.applied_index()?;
-        let log = LogStore::open(dir, opts.id, &opts.voters, applied)?;
-        if applied > log.last() {
-            // The metastore holds entries the log lost (a damaged tail): it is the
-            // most complete record there is; the log restarts after it.
-            tracing::error!(
-                applied,
-                log_last = log.last(),
-                "journal: the metastore is ahead of the log; the log continues after the metastore"
-            );
-            log.rebase(applied)?;
+        if applied > 0 {
+            // The log may be rebased on what the metastore applied: make that
+            // durable first.
+            store.sync()?;
         }
-        if applied < log.first() - 1 {
-            return Err(Error::internal(format!(
-                "journal: the log starts after entry {} but the metastore has applied only {applied}; \
-                 the metastore was replaced by an older copy: format this master",
-                log.first() - 1
-            )));
+        let log = LogStore::open(dir, opts.id)?;
+        if log.is_new()? {
+            log.create(opts.id, &opts.voters, applied, &store.cluster_id())?;
+        } else {
+            let cluster = log.cluster()?;
+            if cluster != store.cluster_id() {
+                if applied > 0 {
+                    return Err(Error::invalid_argument(
+                        "master.metastore_dir",
+                        format!(
+                            "the metastore belongs to cluster {} and the journal in {} to \
+                             cluster {cluster}: the two folders come from different clusters",
+                            store.cluster_id(),
+                            dir.display()
+                        ),
+                    ));
+                }
+                // An empty metastore, rebuilt from this log: it is that cluster's.
+                store.adopt_cluster_id(&cluster)?;
+            }
         }
+        log.load(&opts.voters, applied)?;
         // Entries the metastore applied were committed, whatever the (unsynced)
         // commit index on disk says.
         log.set_commit(applied)?;
@@ -255,13 +267,8 @@ impl RaftJournal {
         cfg.validate()
             .map_err(|e| Error::invalid_argument("master raft settings", e.to_string()))?;
         let logger = super::logger::raft_logger();
-        let mut node = RawNode::new(&cfg, log, &logger)
+        let node = RawNode::new(&cfg, log, &logger)
             .map_err(|e| Error::internal(format!("journal: cannot start the Raft node: {e}")))?;
-        if opts.voters == [opts.id] {
-            // Alone in the group: no one to wait for.
-            node.campaign()
-                .map_err(|e| Error::internal(format!("journal: campaign: {e}")))?;
-        }
         let (tx, rx) = mpsc::channel();
         let (serving_tx, serving) = watch::channel(false);
         let shared = Arc::new(Shared::default());
@@ -371,6 +378,13 @@ impl RaftJournal {
             let _ = tx.send(Msg::Fail(e));
         }
     }
+
+    /// Makes the thread panic with `why`.
+    pub(crate) fn inject_panic(&self, why: &str) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Msg::Panic(why.to_string()));
+        }
+    }
 }
 
 impl Drop for RaftJournal {
@@ -424,6 +438,39 @@ struct Driver {
 
 impl Driver {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        // raft-rs panics on some storage errors (a log entry it cannot read back):
+        // that is a storage failure like any other, reported with its cause.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive(&rx)));
+        if let Err(panic) = outcome {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".into());
+            self.fail(Error::internal(format!(
+                "journal: the Raft node failed: {why}"
+            )));
+        }
+        let why = self
+            .failed
+            .clone()
+            .unwrap_or_else(|| Error::unavailable("the master is stopping"));
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(why.clone()));
+        }
+        self.serving.send_replace(false);
+        // Dropping the watch sender (with `self`) wakes `stopped`.
+    }
+
+    /// The node's loop, until a stop or a failure.
+    fn drive(&mut self, rx: &mpsc::Receiver<Msg>) {
+        if self.opts.voters == [self.opts.id] {
+            // Alone in the group: no one to wait for.
+            if let Err(e) = self.node.campaign() {
+                self.fail(Error::internal(format!("journal: campaign: {e}")));
+                return;
+            }
+        }
         let mut next_tick = Instant::now() + self.opts.tick;
         self.publish();
         'run: loop {
@@ -463,15 +510,6 @@ impl Driver {
             }
             self.publish();
         }
-        let why = self
-            .failed
-            .clone()
-            .unwrap_or_else(|| Error::unavailable("the master is stopping"));
-        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
-            let _ = reply.send(Err(why.clone()));
-        }
-        self.serving.send_replace(false);
-        // Dropping the watch sender wakes `stopped`.
     }
 
     /// Takes one message; false to stop.
@@ -483,6 +521,8 @@ impl Driver {
                 self.fail(e);
                 false
             }
+            #[cfg(test)]
+            Msg::Panic(why) => panic!("{why}"),
             Msg::Propose { data, reply } => {
                 if self.node.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(Error::unavailable(
@@ -920,6 +960,160 @@ mod tests {
             inside.len(),
             1,
             "the committed create was applied on restart"
+        );
+        n.close().await;
+    }
+
+    /// Removes `key` from a closed log.
+    fn remove_log_key(dir: &Path, key: &[u8]) {
+        let db = rocksdb::DB::open_default(dir.join("journal")).unwrap();
+        assert!(db.get(key).unwrap().is_some(), "{key:?} is there");
+        db.delete(key).unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metastore_of_another_cluster_is_refused_and_the_log_kept() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n = open(a.path(), RaftOptions::single()).await.unwrap();
+        for id in 2..12 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        n.close().await;
+        // Cluster B's metastore is further along than A's log.
+        let n = open(b.path(), RaftOptions::single()).await.unwrap();
+        for id in 2..32 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        n.close().await;
+        let a_meta = a.path().join("meta");
+        let kept = a.path().join("meta-a");
+        copy_dir(&a_meta, &kept);
+        copy_dir(&b.path().join("meta"), &a_meta);
+        let err = open(a.path(), RaftOptions::single())
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("different clusters"), "{err}");
+        // A's own metastore back: nothing of A's log was lost to the attempt.
+        copy_dir(&kept, &a_meta);
+        std::fs::remove_dir_all(&kept).unwrap();
+        let n = open(a.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(names(&n.store).len(), 10);
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metastore_rebuilt_from_the_log_keeps_the_cluster_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        n.journal.propose(create(2)).await.unwrap();
+        let id = n.store.cluster_id();
+        n.close().await;
+        std::fs::remove_dir_all(dir.path().join("meta")).unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(n.store.cluster_id(), id, "workers keep their blocks");
+        assert_eq!(names(&n.store), vec!["f2"]);
+        n.close().await;
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(n.store.cluster_id(), id, "and it stays");
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_entry_the_metastore_covers_keeps_the_intact_ones_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        let copy = dir.path().join("meta-copy");
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        for id in 2..17 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        n.close().await;
+        copy_dir(&meta, &copy);
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        for id in 17..22 {
+            n.journal.propose(create(id)).await.unwrap();
+        }
+        n.close().await;
+        // The metastore loses its last writes (a power loss), and an entry it
+        // had applied is damaged in the log.
+        copy_dir(&copy, &meta);
+        {
+            let db = rocksdb::DB::open_default(dir.path().join("journal")).unwrap();
+            let mut key = vec![b'e'];
+            key.extend_from_slice(&8u64.to_be_bytes());
+            db.put(&key, b"\xff\xfe not an entry").unwrap();
+        }
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(
+            names(&n.store).len(),
+            20,
+            "every acknowledged create is back"
+        );
+        n.journal.propose(create(50)).await.unwrap();
+        n.close().await;
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(names(&n.store).len(), 21);
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_missing_its_state_or_members_is_an_error_not_a_hang() {
+        for key in [&b"m/hard"[..], b"m/conf", b"m/cluster"] {
+            let dir = tempfile::tempdir().unwrap();
+            let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+            n.journal.propose(create(2)).await.unwrap();
+            n.close().await;
+            remove_log_key(dir.path(), key);
+            let opened = tokio::time::timeout(
+                Duration::from_secs(10),
+                open(dir.path(), RaftOptions::single()),
+            )
+            .await
+            .expect("an answer, not a hang");
+            let err = opened.err().expect("refused");
+            assert!(err.to_string().contains("is missing"), "{key:?}: {err}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_made_for_other_members_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), RaftOptions::single())
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let three = RaftOptions {
+            voters: vec![1, 2, 3],
+            ..RaftOptions::single()
+        };
+        let err = open(dir.path(), three).await.err().expect("refused");
+        assert!(err.to_string().contains("membership is fixed"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_the_node_is_a_failure_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        n.journal.inject_panic("entries 5..9 unavailable");
+        tokio::time::timeout(Duration::from_secs(10), n.journal.stopped())
+            .await
+            .expect("the journal stops");
+        assert_eq!(n.journal.status().role, Role::Failed);
+        let err = n.journal.propose(create(2)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("entries 5..9 unavailable"),
+            "{err}"
         );
         n.close().await;
     }
