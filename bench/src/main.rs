@@ -10,6 +10,9 @@
 //!   against one master whose log is on disk, vs the trivial RPC with as many
 //!   clients; and the log's fsyncs/s beside them (group commit: many entries share
 //!   one fsync).
+//! - `group`: entries proposed on the leader of a Raft group of 3 masters (in this
+//!   process, over loopback gRPC) vs a group of 1, at 1, 16 and 64 concurrent
+//!   proposers: what replication costs.
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,6 +20,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 use strata_client::{CreateOptions, FileSystem, OpenOptions, WriteType};
 use strata_common::units::ByteSize;
+use strata_master::journal::Journal;
+use strata_tests::group::{create_entry, Group};
 use strata_tests::{pattern, ClusterOptions, MiniCluster};
 use tokio::io::AsyncReadExt;
 
@@ -38,7 +43,7 @@ struct Args {
     /// Creates per client count in the journal benchmark.
     #[arg(long, default_value_t = 4000)]
     journal_ops: usize,
-    /// Which benchmarks: read, meta, journal, or all.
+    /// Which benchmarks: read, meta, journal, group, or all.
     #[arg(long, default_value = "all")]
     only: String,
 }
@@ -290,6 +295,69 @@ async fn bench_journal(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Proposals per second on `group`'s leader from `clients` concurrent tasks, and
+/// the leader's log fsyncs per second meanwhile.
+async fn group_rate(group: &Group, clients: usize, per_client: usize, first_id: u64) -> (f64, f64) {
+    let journal = group.leader().await.journal.clone();
+    let before = journal.status();
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let j = journal.clone();
+            tokio::spawn(async move {
+                for i in 0..per_client {
+                    let id = first_id + (c * per_client + i) as u64;
+                    j.propose(create_entry(id)).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        if let Err(e) = t.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            eprintln!("group: a proposal failed: {e:#}");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let after = journal.status();
+    let ops = (clients * per_client) as f64 / secs;
+    (ops, (after.log_syncs - before.log_syncs) as f64 / secs)
+}
+
+async fn bench_group(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "group: journaled creates/s proposed on the leader, a group of 3 masters (in-process, \
+         loopback gRPC, each log fsynced) vs a group of 1, same run"
+    );
+    println!(
+        "  {:>7} {:>10} {:>10} {:>8} {:>12} {:>12}",
+        "clients", "1 master/s", "3 masters/s", "ratio", "fsyncs/s (1)", "fsyncs/s (3)"
+    );
+    let mut next_id = 2u64;
+    for clients in [1usize, 16, 64] {
+        let per_client = (args.journal_ops / clients).max(20);
+        let mut rates = Vec::new();
+        for size in [1u64, 3] {
+            let g = Group::start(size, Duration::from_millis(50)).await;
+            // Warm up: connections made, leader settled.
+            group_rate(&g, 1, 20, next_id).await;
+            next_id += 20;
+            rates.push(group_rate(&g, clients, per_client, next_id).await);
+            next_id += (clients * per_client) as u64;
+            g.stop().await;
+        }
+        println!(
+            "  {clients:>7} {:>10.0} {:>10.0} {:>8.3} {:>12.0} {:>12.0}",
+            rates[0].0,
+            rates[1].0,
+            rates[1].0 / rates[0].0,
+            rates[0].1,
+            rates[1].1
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -302,6 +370,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "journal" {
         bench_journal(&args).await?;
+    }
+    if args.only == "all" || args.only == "group" {
+        bench_group(&args).await?;
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! tiers go to a temporary folder on `/dev/shm` where it exists, so they are real
 //! tmpfs tiers.
 
+pub mod group;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

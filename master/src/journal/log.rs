@@ -323,10 +323,12 @@ impl LogStore {
     }
 
     /// Appends `entries` (replacing any held from the first one's index on) and
-    /// records `hard`, in one write that is fsynced before it returns.
-    pub fn append(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<()> {
+    /// records `hard`, in one write that is fsynced before it returns (unless it
+    /// only moves the commit index).
+    /// Returns whether it was fsynced.
+    pub fn append(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<bool> {
         if entries.is_empty() && hard.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let mut core = self.core().clone();
         let mut batch = WriteBatch::default();
@@ -359,13 +361,18 @@ impl LogStore {
             core.last_index = last.index;
             core.last_term = last.term;
         }
+        // A term or a vote must be durable before anything is sent on it; a commit
+        // index alone need not (it is learned again from the leader), so a hard
+        // state that only moved its commit index costs no fsync.
+        let mut sync = !entries.is_empty();
         if let Some(hs) = hard {
+            sync |= hs.term != core.hard.term || hs.vote != core.hard.vote;
             batch.put(KEY_HARD, encode(hs)?);
             core.hard = hs.clone();
         }
-        self.write(batch, true)?;
+        self.write(batch, sync)?;
         *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
-        Ok(())
+        Ok(sync)
     }
 
     /// Records a new commit index. Not fsynced: a commit index lost in a crash is

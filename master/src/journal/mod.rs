@@ -9,6 +9,7 @@
 pub mod log;
 mod logger;
 pub mod raft;
+pub mod transport;
 
 use crate::entries::JournalEntry;
 use crate::store::Applied;

@@ -36,6 +36,8 @@ pub struct RaftOptions {
     pub id: u64,
     /// Ids of the voting masters, this one included.
     pub voters: Vec<u64>,
+    /// The other voters' Raft addresses (`host:port`), by id.
+    pub peers: BTreeMap<u64, String>,
     /// One Raft clock tick.
     pub tick: Duration,
     /// Ticks without a leader's heartbeat before a follower stands for election.
@@ -54,6 +56,7 @@ impl RaftOptions {
         RaftOptions {
             id: 1,
             voters: vec![1],
+            peers: BTreeMap::new(),
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -192,6 +195,8 @@ enum Msg {
         data: Vec<u8>,
         reply: Reply,
     },
+    /// Messages from peers.
+    Raft(Vec<raft::eraftpb::Message>),
     Stop,
     /// Tests: a storage failure as the thread would meet it.
     #[cfg(test)]
@@ -222,6 +227,36 @@ impl RaftJournal {
                 format!("{} is not among the voters {:?}", opts.id, opts.voters),
             ));
         }
+        let others: Vec<u64> = opts
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != opts.id)
+            .collect();
+        if opts.peers.keys().copied().collect::<Vec<_>>() != {
+            let mut o = others.clone();
+            o.sort_unstable();
+            o.dedup();
+            o
+        } || others.len() + 1 != opts.voters.len()
+        {
+            return Err(Error::invalid_argument(
+                "master.peers",
+                format!(
+                    "every other voter needs an address, once: voters {:?}, addresses for {:?}",
+                    opts.voters,
+                    opts.peers.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        let transport = if opts.peers.is_empty() {
+            None
+        } else {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::internal("journal: a group of several masters needs a tokio runtime")
+            })?;
+            Some(super::transport::Transport::start(&opts.peers, &runtime))
+        };
         let applied = store.applied_index()?;
         if applied > 0 {
             // The log may be rebased on what the metastore applied: make that
@@ -281,6 +316,7 @@ impl RaftJournal {
             serving: serving_tx,
             failed: None,
             store_applied: applied,
+            transport,
         };
         let thread = std::thread::Builder::new()
             .name(format!("strata-raft-{}", opts.id))
@@ -312,6 +348,22 @@ impl RaftJournal {
                     .failure()
                     .unwrap_or_else(|| Error::unavailable("the journal stopped")));
             }
+        }
+    }
+
+    /// This master's id in the group.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Hands messages from peers to the node.
+    pub fn deliver(&self, msgs: Vec<raft::eraftpb::Message>) -> Result<()> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(tx) if tx.send(Msg::Raft(msgs)).is_ok() => Ok(()),
+            _ => Err(self
+                .failure()
+                .unwrap_or_else(|| Error::unavailable("the journal has stopped"))),
         }
     }
 
@@ -434,6 +486,8 @@ struct Driver {
     failed: Option<Error>,
     /// The metastore's applied index.
     store_applied: u64,
+    /// Sends to the other masters (none for a group of one).
+    transport: Option<super::transport::Transport>,
 }
 
 impl Driver {
@@ -516,6 +570,16 @@ impl Driver {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => false,
+            Msg::Raft(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.node.step(m) {
+                        // A message from a term long gone, or for a peer that is not
+                        // a member: dropped, as Raft expects.
+                        tracing::debug!("raft: message dropped: {e}");
+                    }
+                }
+                true
+            }
             #[cfg(test)]
             Msg::Fail(e) => {
                 self.fail(e);
@@ -551,8 +615,8 @@ impl Driver {
             return Ok(());
         }
         let mut ready = self.node.ready();
-        // A group of one sends nothing; peers arrive with the transport.
-        drop(ready.take_messages());
+        // A leader's messages go out before its own append (Raft allows it).
+        self.send(ready.take_messages());
         if !ready.snapshot().is_empty() {
             return Err(Error::internal(
                 "journal: installing a snapshot from a peer is not supported yet",
@@ -561,8 +625,9 @@ impl Driver {
         self.apply(ready.take_committed_entries())?;
         let appended = ready.entries().len() as u64;
         if appended > 0 || ready.hs().is_some() {
-            self.node.store().append(ready.entries(), ready.hs())?;
-            self.shared.log_syncs.fetch_add(1, Ordering::AcqRel);
+            if self.node.store().append(ready.entries(), ready.hs())? {
+                self.shared.log_syncs.fetch_add(1, Ordering::AcqRel);
+            }
             self.shared
                 .wal_syncs
                 .store(self.node.store().wal_syncs(), Ordering::Release);
@@ -570,14 +635,14 @@ impl Driver {
                 .entries_appended
                 .fetch_add(appended, Ordering::AcqRel);
         }
-        drop(ready.take_persisted_messages());
+        self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.node.store().set_commit(commit)?;
         }
         // Before any answer: a proposer answered sees its entry in the status.
         self.publish();
-        drop(light.take_messages());
+        self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
         self.compact()?;
@@ -657,6 +722,16 @@ impl Driver {
         Ok(())
     }
 
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        match &self.transport {
+            Some(t) => t.send(msgs),
+            None => tracing::warn!("raft: messages with no peers to send them to"),
+        }
+    }
+
     fn fail(&mut self, e: Error) {
         tracing::error!("journal stopped: {e}; restart the master to recover from its log");
         *self
@@ -674,6 +749,11 @@ impl Driver {
     fn publish(&self) {
         let s = &self.shared;
         let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            // Serving is a leader's, from its term's first applied entry on.
+            self.serving
+                .send_if_modified(|s| std::mem::replace(s, false));
+        }
         s.role
             .store(Role::of(raft.state).to_u8(), Ordering::Release);
         s.term.store(raft.term, Ordering::Release);
@@ -1095,6 +1175,11 @@ mod tests {
             .await;
         let three = RaftOptions {
             voters: vec![1, 2, 3],
+            peers: [
+                (2, "127.0.0.1:9".to_string()),
+                (3, "127.0.0.1:9".to_string()),
+            ]
+            .into(),
             ..RaftOptions::single()
         };
         let err = open(dir.path(), three).await.err().expect("refused");
