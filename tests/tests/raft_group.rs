@@ -77,3 +77,34 @@ async fn three_masters_replicate_and_survive_the_loss_of_their_leader() {
     assert_identical(&g, 70);
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_majority_stops_serving() {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    let leader_id = g.leader().await.id;
+    let others: Vec<u64> = g
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id != leader_id)
+        .collect();
+    for id in others {
+        g.stop_member(id).await;
+    }
+    let alone = g.members[0].journal.clone();
+    // It learns within an election timeout (checked quorum) that it leads no
+    // majority: it steps down and takes no more proposals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alone.status().role == strata_master::journal::Role::Leader {
+        assert!(std::time::Instant::now() < deadline, "still leading alone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = alone.propose(create_entry(5)).await;
+    assert!(
+        matches!(refused, Err(Error::Unavailable { .. })),
+        "{refused:?}"
+    );
+    let serving = tokio::time::timeout(Duration::from_millis(500), alone.ready()).await;
+    assert!(serving.is_err(), "not serving without a majority");
+    g.stop().await;
+}
