@@ -45,7 +45,7 @@ fn io_err(e: Error) -> io::Error {
     let kind = match &e {
         Error::NotFound { .. } | Error::BlockNotFound { .. } => io::ErrorKind::NotFound,
         Error::InvalidArgument { .. } | Error::InvalidPath { .. } => io::ErrorKind::InvalidInput,
-        Error::Unavailable { .. } => io::ErrorKind::ConnectionRefused,
+        Error::Unavailable { .. } | Error::NotLeader { .. } => io::ErrorKind::ConnectionRefused,
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)

@@ -17,6 +17,7 @@
 use crate::types::{ReadType, WriteType};
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,10 @@ pub const NON_KEY_ENV: [&str; 2] = ["STRATA_CONF", "STRATA_LOG"];
 
 /// Default master RPC port.
 pub const DEFAULT_MASTER_PORT: u16 = 19998;
+/// The port masters reach each other's journal on.
+pub const DEFAULT_RAFT_PORT: u16 = 19200;
+/// Most masters in one group.
+pub const MAX_MASTERS: usize = 7;
 /// Default worker RPC port.
 pub const DEFAULT_WORKER_PORT: u16 = 29999;
 
@@ -80,6 +85,14 @@ pub struct MasterConfig {
     pub bind_host: String,
     /// The master's gRPC port.
     pub rpc_port: u16,
+    /// This master's id in the Raft group (1 or more).
+    pub id: u64,
+    /// The port masters reach each other's journal on.
+    pub raft_port: u16,
+    /// Every master of the group, this one included, as `"id@host:port"` with the
+    /// Raft port; empty for a lone master. All masters share `rpc_port`: a master
+    /// that does not lead names the leader's `host:rpc_port` to clients.
+    pub peers: Vec<String>,
     /// RocksDB metastore folder; empty means `<data_dir>/master/metastore`.
     pub metastore_dir: String,
     /// RocksDB folder of the Raft log; empty means `<data_dir>/master/journal`.
@@ -160,6 +173,9 @@ impl Default for MasterConfig {
         MasterConfig {
             bind_host: "127.0.0.1".to_string(),
             rpc_port: DEFAULT_MASTER_PORT,
+            id: 1,
+            raft_port: DEFAULT_RAFT_PORT,
+            peers: Vec::new(),
             metastore_dir: String::new(),
             journal_dir: String::new(),
             inode_cache_entries: 100_000,
@@ -335,6 +351,16 @@ impl SiteConfig {
                 "must be between 100ms and 7 days",
             ));
         }
+        if self.master.id == 0 {
+            return Err(cfg_err("master.id", "must be 1 or more"));
+        }
+        let members = self.raft_members()?;
+        if !members.contains_key(&self.master.id) {
+            return Err(cfg_err(
+                "master.peers",
+                format!("does not name this master (master.id = {})", self.master.id),
+            ));
+        }
         if self.master.inode_cache_entries == 0 {
             return Err(cfg_err("master.inode_cache_entries", "must be more than 0"));
         }
@@ -359,6 +385,53 @@ impl SiteConfig {
             }
         }
         Ok(())
+    }
+
+    /// Every master of the Raft group by id, with its Raft address: from
+    /// `master.peers`, or this master alone.
+    pub fn raft_members(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        let mut out = BTreeMap::new();
+        if self.master.peers.is_empty() {
+            out.insert(
+                self.master.id,
+                format!("{}:{}", self.master.bind_host, self.master.raft_port),
+            );
+            return Ok(out);
+        }
+        if self.master.peers.len() > MAX_MASTERS {
+            return Err(cfg_err(
+                "master.peers",
+                format!("at most {MAX_MASTERS} masters"),
+            ));
+        }
+        for p in &self.master.peers {
+            let bad = || {
+                cfg_err(
+                    "master.peers",
+                    format!("{p:?} is not \"id@host:port\" (an id of 1 or more, the Raft port)"),
+                )
+            };
+            let (id, addr) = p.split_once('@').ok_or_else(bad)?;
+            let id: u64 = id.parse().map_err(|_| bad())?;
+            if id == 0 || !is_host_port(addr) {
+                return Err(bad());
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(cfg_err(
+                    "master.peers",
+                    format!("master {id} is named twice"),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The client address (`host:rpc_port`) of master `id` of the group.
+    pub fn master_rpc_address(&self, id: u64) -> Option<String> {
+        let members = self.raft_members().ok()?;
+        let raft = members.get(&id)?;
+        let (host, _) = raft.rsplit_once(':')?;
+        Some(format!("{host}:{}", self.master.rpc_port))
     }
 
     /// The Raft log folder, resolved against `data_dir`.
@@ -533,6 +606,39 @@ mod tests {
         assert_eq!(err.key, "client.write_type");
         let err = SiteConfig::from_toml_str("[client]\nblock_size = \"1KiB\"\n").unwrap_err();
         assert_eq!(err.key, "client.block_size");
+    }
+
+    #[test]
+    fn peers_are_checked_and_name_this_master() {
+        let three = "[master]\nid = 2\npeers = [\"1@a:19200\", \"2@b:19200\", \"3@c:19200\"]\nrpc_port = 7\n";
+        let cfg = SiteConfig::from_toml_str(three).unwrap();
+        let members = cfg.raft_members().unwrap();
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(members[&3], "c:19200");
+        assert_eq!(cfg.master_rpc_address(3).as_deref(), Some("c:7"));
+        assert_eq!(cfg.master_rpc_address(4), None);
+        // Alone: this master, on its own Raft port.
+        let alone = SiteConfig::default().raft_members().unwrap();
+        assert_eq!(alone.len(), 1);
+        assert!(alone.contains_key(&1));
+        for (bad, why) in [
+            ("[master]\nid = 4\npeers = [\"1@a:1\", \"2@b:1\"]\n", "does not name this master"),
+            ("[master]\npeers = [\"1@a:1\", \"1@b:1\"]\n", "named twice"),
+            ("[master]\npeers = [\"a:1\"]\n", "is not"),
+            ("[master]\npeers = [\"0@a:1\"]\n", "is not"),
+            ("[master]\npeers = [\"x@a:1\"]\n", "is not"),
+            ("[master]\npeers = [\"1@a\"]\n", "is not"),
+            ("[master]\npeers = [\"1@a:99999\"]\n", "is not"),
+            ("[master]\nid = 0\n", "1 or more"),
+            (
+                "[master]\npeers = [\"1@a:1\",\"2@a:1\",\"3@a:1\",\"4@a:1\",\"5@a:1\",\"6@a:1\",\"7@a:1\",\"8@a:1\"]\n",
+                "at most 7",
+            ),
+        ] {
+            let err = SiteConfig::from_toml_str(bad).unwrap_err();
+            assert!(err.key.starts_with("master."), "{bad}: {err}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub enum Error {
     /// or cached as the recorded file's.
     #[error("{path}: changed in the under-store: {reason}")]
     UfsChanged { path: String, reason: String },
+    /// This master does not lead the Raft group: ask the leader, at `leader`
+    /// (`host:port` of its client port; empty while no leader is known).
+    #[error("this master is not the leader{}", if leader.is_empty() { " (no leader is known yet)".to_string() } else { format!("; the leader is {leader}") })]
+    NotLeader { leader: String },
     /// A peer (master, worker) cannot be reached or is not ready.
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
@@ -102,7 +106,7 @@ impl Error {
     /// layer only (the client's RPC wrapper), which asks this.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::StorageIo { .. } => true,
+            Error::Unavailable { .. } | Error::StorageIo { .. } | Error::NotLeader { .. } => true,
             Error::UnderStore { temporary, .. } => *temporary,
             Error::NotFound { .. }
             | Error::AlreadyExists { .. }
@@ -183,6 +187,7 @@ impl Error {
                     ..d(K::UnderStore, path, reason)
                 },
             ),
+            Error::NotLeader { leader } => (Code::Unavailable, d(K::NotLeader, leader, "")),
             Error::Unavailable { reason } => (Code::Unavailable, d(K::Unavailable, "", reason)),
             Error::Internal { reason } => (Code::Internal, d(K::Internal, "", reason)),
         }
@@ -221,6 +226,7 @@ impl Error {
                 reason,
                 temporary,
             },
+            K::NotLeader => Error::NotLeader { leader: path },
             K::Unavailable => Error::Unavailable { reason },
             K::Internal => Error::Internal { reason },
             // A peer that set no kind sent no Strata error: map by status code.

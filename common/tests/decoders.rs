@@ -1367,7 +1367,7 @@ fn error_detail() -> impl Strategy<Value = proto::ErrorDetail> {
 /// Any error Strata can raise.
 fn strata_error() -> impl Strategy<Value = Error> {
     (
-        0..17u8,
+        0..18u8,
         any::<String>(),
         any::<String>(),
         any::<u64>(),
@@ -1397,6 +1397,7 @@ fn strata_error() -> impl Strategy<Value = Error> {
             13 => Error::StorageIo { what: path, reason },
             14 => Error::UfsChanged { path, reason },
             15 => Error::Unavailable { reason },
+            16 => Error::NotLeader { leader: path },
             _ => Error::Internal { reason },
         })
 }

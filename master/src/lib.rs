@@ -18,15 +18,18 @@ pub mod store;
 use namespace::{Namespace, NamespaceDeps};
 use registry::Registry;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use store::MetaStore;
 use strata_common::config::SiteConfig;
+use strata_common::proto::raft_peer_server::RaftPeerServer;
 use strata_common::proto::{
     block_master_server::BlockMasterServer, file_system_master_server::FileSystemMasterServer,
     master_admin_server::MasterAdminServer, MAX_MESSAGE_BYTES,
 };
 use strata_common::{Error, Result};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 /// What a master needs to start.
 pub struct MasterDeps {
@@ -152,7 +155,6 @@ async fn prepare(
         pause_after_under_store,
         write_lease: cfg.master.write_lease.0,
     })?);
-    ns.ensure_root_mount(&cfg.master.root_ufs).await?;
 
     let bind = format!("{}:{}", cfg.master.bind_host, cfg.master.rpc_port);
     let listener = tokio::net::TcpListener::bind(&bind)
@@ -164,28 +166,151 @@ async fn prepare(
     Ok((ns, registry, listener, addr))
 }
 
+/// Answers client and worker calls only while this master leads.
+#[derive(Clone)]
+struct LeaderGate {
+    leading: Arc<AtomicBool>,
+    journal: Arc<journal::RaftJournal>,
+    me: u64,
+    /// Client addresses of the group's masters.
+    addresses: std::collections::BTreeMap<u64, String>,
+}
+
+impl tonic::service::Interceptor for LeaderGate {
+    fn call(
+        &mut self,
+        req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if self.leading.load(Ordering::Acquire) {
+            return Ok(req);
+        }
+        let leader = self.journal.status().leader_id;
+        let leader = if leader == self.me {
+            // Elected, not yet serving (applying earlier terms' entries).
+            String::new()
+        } else {
+            self.addresses.get(&leader).cloned().unwrap_or_default()
+        };
+        Err(Error::NotLeader { leader }.into())
+    }
+}
+
+/// Serves the Raft port (`master.raft_port`) for the other masters.
+async fn serve_raft(
+    cfg: &SiteConfig,
+    journal: Arc<journal::RaftJournal>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let bind = format!("{}:{}", cfg.master.bind_host, cfg.master.raft_port);
+    let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|e| {
+        Error::unavailable(format!(
+            "master cannot listen on {bind} (master.raft_port): {e}"
+        ))
+    })?;
+    tracing::info!(addr = %bind, "master's journal reachable by its peers");
+    let service = RaftPeerServer::new(journal::transport::RaftPeerService::new(journal))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                strata_common::proto::incoming(listener),
+                stop.cancelled_owned(),
+            )
+            .await
+        {
+            tracing::error!("raft port: {e}");
+        }
+    }))
+}
+
+/// Opens the gate to clients and workers each time this master leads (once it
+/// applied every entry of earlier terms and rebuilt what it derives from them),
+/// and closes it when it stops leading.
+async fn follow_leadership(
+    ns: Arc<Namespace>,
+    journal: Arc<journal::RaftJournal>,
+    leading: Arc<AtomicBool>,
+    root_ufs: String,
+    stop: CancellationToken,
+) {
+    loop {
+        if !leading.load(Ordering::Acquire) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ready = journal.ready() => if ready.is_err() { return },
+            }
+            if let Err(e) = ns.take_leadership() {
+                tracing::error!("cannot take the lead: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            if let Err(e) = ns.ensure_root_mount(&root_ufs).await {
+                tracing::warn!("root mount {root_ufs}: {e}");
+            }
+            leading.store(true, Ordering::Release);
+            tracing::info!("leading the journal: serving clients and workers");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = journal.not_serving() => {}
+        }
+        leading.store(false, Ordering::Release);
+        tracing::info!("no longer leading the journal: sending clients to the leader");
+    }
+}
+
 /// Opens the metastore, mounts the root under-store on first start, and serves.
 pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     let cfg = deps.config;
     let dir = cfg.metastore_dir();
     let store = Arc::new(MetaStore::open(&dir, cfg.master.inode_cache_entries)?);
+    let members = cfg
+        .raft_members()
+        .map_err(|e| Error::invalid_argument("master.peers", e.to_string()))?;
+    let me = cfg.master.id;
     let journal = Arc::new(journal::RaftJournal::start(
         &cfg.journal_dir(),
         store.clone(),
-        journal::RaftOptions::single(),
+        journal::RaftOptions {
+            id: me,
+            voters: members.keys().copied().collect(),
+            peers: members
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .map(|(id, a)| (*id, a.clone()))
+                .collect(),
+            ..journal::RaftOptions::single()
+        },
     )?);
+    let alone = members.len() == 1;
+    let raft_stop = CancellationToken::new();
     let prepared = async {
-        // Entries committed before a crash are applied before anything reads the
-        // store.
-        journal.ready().await?;
-        prepare(&cfg, &store, &journal, deps.pause_after_under_store).await
+        // Masters reach this one's journal from the start: it may have to vote
+        // before it can lead.
+        let raft_server = if alone {
+            None
+        } else {
+            Some(serve_raft(&cfg, journal.clone(), raft_stop.clone()).await?)
+        };
+        if alone {
+            // Entries committed before a crash are applied before anything reads
+            // the store; a lone master leads as soon as they are.
+            journal.ready().await?;
+        }
+        let prepared = prepare(&cfg, &store, &journal, deps.pause_after_under_store).await?;
+        if alone {
+            prepared.0.ensure_root_mount(&cfg.master.root_ufs).await?;
+        }
+        Ok::<_, Error>((prepared, raft_server))
     }
     .await;
-    let (ns, registry, listener, addr) = match prepared {
+    let ((ns, registry, listener, addr), raft_server) = match prepared {
         Ok(p) => p,
         Err(e) => {
             // The thread lets go of the log and the metastore before the error
             // returns, so that a new start can open them.
+            raft_stop.cancel();
             journal.stop().await;
             return Err(e);
         }
@@ -197,19 +322,37 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         "master listening"
     );
 
+    // Clients and workers are served while this master leads (a lone master from
+    // now on); otherwise they are told where the leader is.
+    let leading = Arc::new(AtomicBool::new(alone));
+    let gate = LeaderGate {
+        leading: leading.clone(),
+        journal: journal.clone(),
+        me,
+        addresses: members
+            .keys()
+            .filter_map(|id| Some((*id, cfg.master_rpc_address(*id)?)))
+            .collect(),
+    };
     let mutations = tokio_util::task::TaskTracker::new();
-    let fs = FileSystemMasterServer::new(service::FileSystemService {
-        ns: ns.clone(),
-        registry: registry.clone(),
-        mutations: mutations.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let bm = BlockMasterServer::new(service::BlockService {
-        ns: ns.clone(),
-        registry: registry.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let fs = InterceptedService::new(
+        FileSystemMasterServer::new(service::FileSystemService {
+            ns: ns.clone(),
+            registry: registry.clone(),
+            mutations: mutations.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        gate.clone(),
+    );
+    let bm = InterceptedService::new(
+        BlockMasterServer::new(service::BlockService {
+            ns: ns.clone(),
+            registry: registry.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        gate,
+    );
 
     let admin = MasterAdminServer::new(service::AdminService {
         journal: journal.clone(),
@@ -237,7 +380,14 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
     let background = [
         worker_expiry,
         tokio::spawn(expire_leases(ns.clone(), background_stop.clone())),
-        tokio::spawn(reclaim_detached(ns, background_stop.clone())),
+        tokio::spawn(reclaim_detached(ns.clone(), background_stop.clone())),
+        tokio::spawn(follow_leadership(
+            ns,
+            journal.clone(),
+            leading,
+            cfg.master.root_ufs.clone(),
+            background_stop.clone(),
+        )),
     ];
 
     let handle_journal = journal.clone();
@@ -268,6 +418,10 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         let failure = journal.failure();
         background_stop.cancel();
         journal.stop().await;
+        raft_stop.cancel();
+        if let Some(raft) = raft_server {
+            let _ = raft.await;
+        }
         for task in background {
             let _ = task.await;
         }

@@ -148,22 +148,8 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace over the store's current state.
     pub fn new(deps: NamespaceDeps) -> Result<Self> {
-        let next_inode = deps.store.last_inode_id()? + 1;
-        let next_mount = deps.store.last_mount_id()? + 1;
-        // Every file being written gets a full lease from now: its writer may have
-        // been renewing with the master that stopped.
         let leases = Leases::new(deps.write_lease);
-        let now = Instant::now();
-        let mut after = 0;
-        loop {
-            let ids = deps.store.incomplete_files(after, 4096)?;
-            let Some(&last) = ids.last() else { break };
-            for id in ids {
-                leases.grant(id, now);
-            }
-            after = last;
-        }
-        Ok(Namespace {
+        let ns = Namespace {
             store: deps.store,
             journal: deps.journal,
             registry: deps.registry,
@@ -173,10 +159,36 @@ impl Namespace {
             locks: crate::oplock::PathLocks::default(),
             leases,
             reclaim_wakeup: tokio::sync::Notify::new(),
-            next_inode: AtomicU64::new(next_inode),
-            next_mount: AtomicU64::new(next_mount),
+            next_inode: AtomicU64::new(1),
+            next_mount: AtomicU64::new(1),
             stores: StoreCache::default(),
-        })
+        };
+        ns.take_leadership()?;
+        Ok(ns)
+    }
+
+    /// Rebuilds what this master derives from the applied state, for a term in
+    /// which it leads (call once every entry of earlier terms is applied): the next
+    /// inode and mount ids past every id any master used, a full lease for every
+    /// file being written (its writer may have been renewing with another master),
+    /// and an empty worker registry (workers register again).
+    pub fn take_leadership(&self) -> Result<()> {
+        self.registry.forget_all();
+        self.next_inode
+            .fetch_max(self.store.last_inode_id()? + 1, Ordering::AcqRel);
+        self.next_mount
+            .fetch_max(self.store.last_mount_id()? + 1, Ordering::AcqRel);
+        let now = Instant::now();
+        let mut after = 0;
+        loop {
+            let ids = self.store.incomplete_files(after, 4096)?;
+            let Some(&last) = ids.last() else { break };
+            for id in ids {
+                self.leases.grant(id, now);
+            }
+            after = last;
+        }
+        Ok(())
     }
 
     fn new_id(&self) -> u64 {

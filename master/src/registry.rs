@@ -117,6 +117,14 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets every worker and location (a master that leads again does not know
+    /// what changed while it did not): workers register again, with full reports.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.workers.clear();
+        inner.locations.clear();
+    }
+
     /// Registers a worker with its full block report. Blocks for which `is_valid`
     /// says false (their file is gone, or the length does not fit it) are queued
     /// for removal instead. A worker re-registering from the same address replaces

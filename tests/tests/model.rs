@@ -331,6 +331,7 @@ fn kind_of(e: &Error) -> Option<Kind> {
         | Error::StorageIo { .. }
         | Error::UfsChanged { .. }
         | Error::Unavailable { .. }
+        | Error::NotLeader { .. }
         | Error::Internal { .. } => None,
     }
 }

@@ -108,3 +108,133 @@ async fn a_leader_cut_off_from_its_majority_stops_serving() {
     assert!(serving.is_err(), "not serving without a majority");
     g.stop().await;
 }
+
+/// A port free on 127.0.0.1 (and, loopback being one interface, almost surely on
+/// the other 127.0.0.x addresses the masters bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct RunningMaster {
+    handle: strata_master::MasterHandle,
+    stop: tokio_util::sync::CancellationToken,
+    fs: strata_client::FileSystem,
+    address: String,
+}
+
+/// The master that serves clients, once exactly one does; the others answer
+/// `NotLeader` naming it.
+async fn serving(masters: &[RunningMaster]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut answers = Vec::new();
+        for m in masters {
+            answers.push(m.fs.mount_table().await.map(|_| ()));
+        }
+        let ok: Vec<usize> = (0..answers.len()).filter(|i| answers[*i].is_ok()).collect();
+        if let [l] = ok[..] {
+            let named = answers.iter().enumerate().filter(|(i, _)| *i != l).all(|(_, a)| {
+                matches!(a, Err(Error::NotLeader { leader }) if *leader == masters[l].address)
+            });
+            if named {
+                return l;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single serving master: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (rpc_port, raft_port) = (free_port(), free_port());
+    let peers: Vec<String> = (1..=3)
+        .map(|id| format!("\"{id}@127.0.0.{id}:{raft_port}\""))
+        .collect();
+    let mut masters = Vec::new();
+    for id in 1..=3u64 {
+        let mut config = strata_tests::test_config(
+            &root.path().join(format!("m{id}")),
+            &[
+                ("master.id", id.to_string()),
+                ("master.bind_host", format!("\"127.0.0.{id}\"")),
+                ("master.rpc_port", rpc_port.to_string()),
+                ("master.raft_port", raft_port.to_string()),
+                ("master.peers", format!("[{}]", peers.join(", "))),
+                ("master.root_ufs", "\"\"".to_string()),
+            ],
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = strata_master::start(strata_master::MasterDeps {
+            config: config.clone(),
+            shutdown: stop.clone(),
+            pause_after_under_store: None,
+        })
+        .await
+        .expect("a master of a group starts without waiting for a leader");
+        let address = format!("127.0.0.{id}:{rpc_port}");
+        config.master_addresses = vec![address.clone()];
+        let fs = strata_client::FileSystem::connect(&config).await.unwrap();
+        masters.push(RunningMaster {
+            handle,
+            stop,
+            fs,
+            address,
+        });
+    }
+
+    let l = serving(&masters).await;
+    masters[l].fs.mkdir("/a", false).await.unwrap();
+    masters[l].fs.mkdir("/b/c", true).await.unwrap();
+    // A follower answers with the leader's address, for reads and writes alike.
+    let f = (l + 1) % 3;
+    let leader = masters[l].address.clone();
+    for answer in [
+        masters[f].fs.get_status("/a").await.map(|_| ()),
+        masters[f].fs.mkdir("/x", false).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(&answer, Err(Error::NotLeader { leader: named }) if *named == leader),
+            "{answer:?}"
+        );
+    }
+    // Every master applied the same entries.
+    let status = masters[l].handle.journal_status();
+    for m in &masters {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while m.handle.journal_status().applied < status.applied {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // The leader stops: another takes over with everything acknowledged, and the
+    // last one points to it.
+    let old = masters.remove(l);
+    old.stop.cancel();
+    let mut handle = old.handle;
+    handle.wait().await.unwrap();
+    let l = serving(&masters).await;
+    let fs = &masters[l].fs;
+    assert_eq!(strata_tests::list_names(fs, "/").await, vec!["a", "b"]);
+    assert!(fs.exists("/b/c").await.unwrap());
+    fs.mkdir("/d", false).await.unwrap();
+    let fresh = fs.mkdir("/e", false).await.unwrap();
+    assert!(
+        fresh.id.0 > fs.get_status("/b/c").await.unwrap().id.0,
+        "the new leader's ids come after every id used before"
+    );
+    for m in masters {
+        m.stop.cancel();
+        let mut h = m.handle;
+        h.wait().await.unwrap();
+    }
+}

@@ -376,6 +376,19 @@ impl RaftJournal {
             .clone()
     }
 
+    /// Waits until this master no longer leads and serves (or the journal stops).
+    pub async fn not_serving(&self) {
+        let mut serving = self.serving.clone();
+        loop {
+            if !*serving.borrow_and_update() {
+                return;
+            }
+            if serving.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits until the journal stops (a storage failure, or [`RaftJournal::stop`]).
     pub async fn stopped(&self) {
         let mut serving = self.serving.clone();
