@@ -42,6 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_common::config::ClientConfig;
+use strata_common::masters::MasterSet;
 use strata_common::proto::{
     self, file_system_master_client::FileSystemMasterClient,
     worker_service_client::WorkerServiceClient, MAX_MESSAGE_BYTES,
@@ -94,11 +95,9 @@ pub struct WorkerSummary {
 
 /// How long the worker list is reused before asking the master again.
 const WORKER_LIST_TTL: Duration = Duration::from_secs(3);
-/// Attempts of an idempotent metadata read that failed with a temporary error.
-pub(crate) const READ_ATTEMPTS: u32 = 3;
 
 pub(crate) struct Inner {
-    master: FileSystemMasterClient<Channel>,
+    masters: MasterSet,
     pub(crate) conf: ClientConfig,
     local_host: String,
     channels: Mutex<HashMap<String, Channel>>,
@@ -127,9 +126,25 @@ fn channel(addr: &str, conf: &ClientConfig, timeout: Option<Duration>) -> Result
     Ok(ep.connect_lazy())
 }
 
+fn master_client(ch: Channel) -> FileSystemMasterClient<Channel> {
+    FileSystemMasterClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 impl Inner {
-    pub(crate) fn master(&self) -> FileSystemMasterClient<Channel> {
-        self.master.clone()
+    /// Runs `call` on the leading master (see [`MasterSet::call`]); an `idempotent`
+    /// call is also tried again past unreachable masters and temporary failures.
+    pub(crate) async fn on_master<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
+    where
+        F: FnMut(FileSystemMasterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.masters
+            .call(idempotent, self.conf.rpc_timeout.0, |ch| {
+                call(master_client(ch))
+            })
+            .await
     }
 
     pub(crate) fn worker(&self, addr: &str) -> Result<WorkerServiceClient<Channel>> {
@@ -155,8 +170,9 @@ impl Inner {
             }
         }
         let resp = self
-            .master()
-            .get_workers(proto::GetWorkersRequest {})
+            .on_master(true, |mut m| async move {
+                m.get_workers(proto::GetWorkersRequest {}).await
+            })
             .await?
             .into_inner();
         let list: Vec<WorkerAddress> = resp
@@ -244,27 +260,20 @@ fn parse(path: &str) -> Result<StrataPath> {
 }
 
 impl FileSystem {
-    /// Connects to the first master of `conf.master_addresses` with `conf.client`
-    /// settings. The connection is made on first use; an unreachable master shows
-    /// as [`Error::Unavailable`] then.
+    /// Connects to the masters of `conf.master_addresses` with `conf.client`
+    /// settings, and follows their leader. Connections are made on first use; when
+    /// no master can be reached, calls fail with [`Error::Unavailable`].
     pub async fn connect(conf: &SiteConfig) -> Result<Self> {
-        let addr = conf
-            .master_addresses
-            .first()
-            .ok_or_else(|| Error::invalid_argument("master_addresses", "empty"))?;
-        let master = FileSystemMasterClient::new(channel(
-            addr,
-            &conf.client,
-            Some(conf.client.rpc_timeout.0),
-        )?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client_conf = conf.client.clone();
+        let masters = MasterSet::new(&conf.master_addresses, move |addr| {
+            channel(addr, &client_conf, Some(client_conf.rpc_timeout.0))
+        })?;
         let local_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         Ok(FileSystem {
             inner: Arc::new(Inner {
-                master,
+                masters,
                 conf: conf.client.clone(),
                 local_host,
                 channels: Mutex::new(HashMap::new()),
@@ -278,22 +287,25 @@ impl FileSystem {
         &self.inner.conf
     }
 
-    /// Runs an idempotent read, retrying temporary failures with a short backoff.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// Runs an idempotent read on the leading master, trying temporary failures
+    /// again.
+    async fn retry<T, F, Fut>(&self, call: F) -> Result<T>
     where
         F: FnMut(FileSystemMasterClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match call(self.inner.master()).await.map_err(Error::from) {
-                Err(e) if e.is_temporary() && attempt < READ_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                }
-                other => return other,
-            }
-        }
+        self.inner.on_master(true, call).await
+    }
+
+    /// Runs a mutation on the leading master. It is tried again only where a
+    /// follower refused it (it never ran); a mutation whose answer was lost is not
+    /// repeated.
+    async fn mutate<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(FileSystemMasterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.inner.on_master(false, call).await
     }
 
     /// Status of a file or directory.
@@ -401,9 +413,13 @@ impl FileSystem {
     pub async fn mkdir(&self, path: &str, recursive: bool) -> Result<FileInfo> {
         let path = parse(path)?.to_string();
         let resp = self
-            .inner
-            .master()
-            .create_directory(proto::CreateDirectoryRequest { path, recursive })
+            .mutate(|mut m| {
+                let path = path.clone();
+                async move {
+                    m.create_directory(proto::CreateDirectoryRequest { path, recursive })
+                        .await
+                }
+            })
             .await?
             .into_inner();
         resp.info
@@ -417,14 +433,16 @@ impl FileSystem {
         let path = parse(path)?;
         let write_type = opts.write_type.unwrap_or(self.inner.conf.write_type);
         let block_size = opts.block_size.unwrap_or(self.inner.conf.block_size.0);
+        let req = proto::CreateFileRequest {
+            path: path.to_string(),
+            block_size,
+            recursive: opts.recursive,
+            write_type: proto::WriteType::from(write_type) as i32,
+        };
         let resp = self
-            .inner
-            .master()
-            .create_file(proto::CreateFileRequest {
-                path: path.to_string(),
-                block_size,
-                recursive: opts.recursive,
-                write_type: proto::WriteType::from(write_type) as i32,
+            .mutate(|mut m| {
+                let req = req.clone();
+                async move { m.create_file(req).await }
             })
             .await?
             .into_inner();
@@ -468,50 +486,59 @@ impl FileSystem {
     /// Deletes a file or directory (a non-empty directory only with `recursive`), in
     /// the under-store too.
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
-        let path = parse(path)?.to_string();
-        self.inner
-            .master()
-            .delete(proto::DeleteRequest {
-                path,
-                recursive,
-                file_id: 0,
-            })
-            .await?;
+        let req = proto::DeleteRequest {
+            path: parse(path)?.to_string(),
+            recursive,
+            file_id: 0,
+        };
+        self.mutate(|mut m| {
+            let req = req.clone();
+            async move { m.delete(req).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Renames `src` to `dst`; `dst` must not exist.
     pub async fn rename(&self, src: &str, dst: &str) -> Result<()> {
-        let (src, dst) = (parse(src)?.to_string(), parse(dst)?.to_string());
-        self.inner
-            .master()
-            .rename(proto::RenameRequest { src, dst })
-            .await?;
+        let req = proto::RenameRequest {
+            src: parse(src)?.to_string(),
+            dst: parse(dst)?.to_string(),
+        };
+        self.mutate(|mut m| {
+            let req = req.clone();
+            async move { m.rename(req).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Mounts an under-store (`file:///folder` or `/folder`) at `path`, which must not
     /// exist yet.
     pub async fn mount(&self, path: &str, uri: &str, read_only: bool) -> Result<()> {
-        let path = parse(path)?.to_string();
-        self.inner
-            .master()
-            .mount(proto::MountRequest {
-                path,
-                uri: uri.to_string(),
-                read_only,
-            })
-            .await?;
+        let req = proto::MountRequest {
+            path: parse(path)?.to_string(),
+            uri: uri.to_string(),
+            read_only,
+        };
+        self.mutate(|mut m| {
+            let req = req.clone();
+            async move { m.mount(req).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Removes the mount at `path` from the namespace; the under-store is untouched.
     pub async fn unmount(&self, path: &str) -> Result<()> {
-        let path = parse(path)?.to_string();
-        self.inner
-            .master()
-            .unmount(proto::UnmountRequest { path })
-            .await?;
+        let req = proto::UnmountRequest {
+            path: parse(path)?.to_string(),
+        };
+        self.mutate(|mut m| {
+            let req = req.clone();
+            async move { m.unmount(req).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -530,11 +557,14 @@ impl FileSystem {
     /// Drops the cached copies of a file, or of every file below a directory;
     /// returns how many block copies are being dropped.
     pub async fn free(&self, path: &str) -> Result<u64> {
-        let path = parse(path)?.to_string();
+        let req = proto::FreeRequest {
+            path: parse(path)?.to_string(),
+        };
         let resp = self
-            .inner
-            .master()
-            .free(proto::FreeRequest { path })
+            .mutate(|mut m| {
+                let req = req.clone();
+                async move { m.free(req).await }
+            })
             .await?
             .into_inner();
         Ok(resp.blocks_freed)

@@ -42,20 +42,22 @@ fn renew(fs: Arc<Inner>, id: u64, lease: Duration, lost: Arc<AtomicBool>) -> Joi
         let mut wait = every;
         loop {
             tokio::time::sleep(wait).await;
-            let mut req = tonic::Request::new(proto::RenewLeaseRequest { file_ids: vec![id] });
-            req.set_timeout(every);
-            match fs.master().renew_lease(req).await {
+            let renewed = fs
+                .on_master(true, |mut m| {
+                    let mut req =
+                        tonic::Request::new(proto::RenewLeaseRequest { file_ids: vec![id] });
+                    req.set_timeout(every);
+                    async move { m.renew_lease(req).await }
+                })
+                .await;
+            match renewed {
                 Ok(r) if r.get_ref().lost.contains(&id) => {
                     lost.store(true, Ordering::Release);
                     return;
                 }
                 Ok(_) => wait = every,
-                Err(status) => {
-                    tracing::debug!(
-                        file_id = id,
-                        "lease renewal failed: {}",
-                        Error::from(status)
-                    );
+                Err(e) => {
+                    tracing::debug!(file_id = id, "lease renewal failed: {e}");
                     wait = every / 3;
                 }
             }
@@ -232,8 +234,15 @@ impl FileWriter {
             recursive: false,
             file_id: self.info.id.0,
         };
-        if let Err(del) = self.fs.master().delete(req).await {
-            tracing::warn!(path = %self.info.path, "cannot remove the abandoned file: {}", Error::from(del));
+        let deleted = self
+            .fs
+            .on_master(false, |mut m| {
+                let req = req.clone();
+                async move { m.delete(req).await }
+            })
+            .await;
+        if let Err(del) = deleted {
+            tracing::warn!(path = %self.info.path, "cannot remove the abandoned file: {del}");
         }
         e
     }
@@ -273,10 +282,16 @@ impl FileWriter {
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = Duration::from_millis(100);
         let resp = loop {
-            match self.fs.master().complete_file(req.clone()).await {
+            let completed = self
+                .fs
+                .on_master(true, |mut m| {
+                    let req = req.clone();
+                    async move { m.complete_file(req).await }
+                })
+                .await;
+            match completed {
                 Ok(r) => break r.into_inner(),
-                Err(status) => {
-                    let e = Error::from(status);
+                Err(e) => {
                     if !e.is_temporary() || tokio::time::Instant::now() + backoff > deadline {
                         return Err(e);
                     }

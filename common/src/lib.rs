@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod masters;
 pub mod metrics;
 pub mod path;
 pub mod proto;

@@ -200,7 +200,7 @@ pub struct ReclaimLevel {
 /// One namespace mutation.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalEntry {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -223,6 +223,17 @@ pub enum Op {
     Unmount(UnmountEntry),
     #[prost(message, tag = "8")]
     Reclaim(ReclaimEntry),
+    #[prost(message, tag = "9")]
+    ClusterId(ClusterIdEntry),
+}
+
+/// The cluster's id, journaled by the first master to lead so that every master
+/// of the group (and so every worker) shares it. The first one applied stays;
+/// later ones change nothing.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClusterIdEntry {
+    #[prost(string, tag = "1")]
+    pub id: String,
 }
 
 impl From<Op> for JournalEntry {
@@ -290,5 +301,10 @@ mod tests {
         ];
         assert_eq!(file.encode_to_vec(), recorded);
         assert_eq!(InodeRecord::decode(recorded).unwrap(), file);
+
+        let cluster: JournalEntry = Op::ClusterId(ClusterIdEntry { id: "c1".into() }).into();
+        let recorded: &[u8] = &[74, 4, 10, 2, 99, 49];
+        assert_eq!(cluster.encode_to_vec(), recorded);
+        assert_eq!(JournalEntry::decode(recorded).unwrap(), cluster);
     }
 }

@@ -240,7 +240,11 @@ async fn follow_leadership(
                 _ = stop.cancelled() => return,
                 ready = journal.ready() => if ready.is_err() { return },
             }
-            if let Err(e) = ns.take_leadership() {
+            let taken = match ns.take_leadership() {
+                Ok(()) => ns.journal_cluster_id().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = taken {
                 tracing::error!("cannot take the lead: {e}");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
@@ -300,6 +304,7 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
         }
         let prepared = prepare(&cfg, &store, &journal, deps.pause_after_under_store).await?;
         if alone {
+            prepared.0.journal_cluster_id().await?;
             prepared.0.ensure_root_mount(&cfg.master.root_ufs).await?;
         }
         Ok::<_, Error>((prepared, raft_server))

@@ -167,6 +167,19 @@ impl Namespace {
         Ok(ns)
     }
 
+    /// Journals this master's cluster id unless an entry did already, so that
+    /// every master of the group (and every worker) has the same one. Call when
+    /// taking the lead, before workers are served.
+    pub async fn journal_cluster_id(&self) -> Result<()> {
+        if self.store.cluster_id_journaled()? {
+            return Ok(());
+        }
+        let id = self.store.cluster_id();
+        self.propose(Op::ClusterId(crate::entries::ClusterIdEntry { id }))
+            .await?;
+        Ok(())
+    }
+
     /// Rebuilds what this master derives from the applied state, for a term in
     /// which it leads (call once every entry of earlier terms is applied): the next
     /// inode and mount ids past every id any master used, a full lease for every

@@ -64,6 +64,10 @@ pub const MAX_INDEX: u64 = 1 << 62;
 const KEY_LAST_INODE_ID: &[u8] = b"last_inode_id";
 const KEY_LAST_MOUNT_ID: &[u8] = b"last_mount_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Set once a journal entry set the cluster id (see `ClusterIdEntry`).
+const KEY_CLUSTER_ID_JOURNALED: &[u8] = b"cluster_id_journaled";
+/// Pairs the metastore with the journal that feeds it (see `journal::log`).
+const KEY_JOURNAL_PAIRING: &[u8] = b"journal_pairing";
 /// Set when the cluster id was made for a store that already had a history (made
 /// by a version without cluster ids): worker storage with no id then belongs to it.
 const KEY_CLUSTER_ID_UPGRADED: &[u8] = b"cluster_id_upgraded";
@@ -71,8 +75,8 @@ const KEY_CLUSTER_ID_UPGRADED: &[u8] = b"cluster_id_upgraded";
 /// the index existed is scanned once, at open).
 const KEY_INCOMPLETE_INDEXED: &[u8] = b"incomplete_indexed";
 
-/// A fresh cluster id: 128 random bits, in hex.
-fn new_cluster_id() -> Result<String> {
+/// A fresh id (a cluster's, a journal pairing's): 128 random bits, in hex.
+pub fn new_random_id() -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
@@ -187,7 +191,7 @@ impl MetaStore {
             return String::from_utf8(v)
                 .map_err(|_| Error::internal("metastore: corrupt cluster id"));
         }
-        let id = new_cluster_id()?;
+        let id = new_random_id()?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, KEY_CLUSTER_ID, id.as_bytes());
         if self.applied_index()? > 0 {
@@ -211,21 +215,27 @@ impl MetaStore {
             .clone()
     }
 
-    /// Takes `id` as the cluster's id: for an empty store about to be rebuilt from
-    /// the journal of that cluster. Refused once anything was applied.
-    pub fn adopt_cluster_id(&self, id: &str) -> Result<()> {
-        if self.applied_index()? > 0 {
-            return Err(Error::internal(
-                "metastore: a store with a history keeps its cluster id",
-            ));
+    /// The id pairing this metastore with the journal that feeds it.
+    pub fn journal_pairing(&self) -> Result<Option<String>> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META)?, KEY_JOURNAL_PAIRING)
+            .map_err(storage)?
+        {
+            Some(v) => Ok(Some(String::from_utf8(v).map_err(|_| {
+                Error::internal("metastore: corrupt journal pairing id")
+            })?)),
+            None => Ok(None),
         }
+    }
+
+    /// Records the id pairing this metastore with its journal (synced).
+    pub fn set_journal_pairing(&self, id: &str) -> Result<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META)?, KEY_CLUSTER_ID, id.as_bytes());
+        batch.put_cf(self.cf(CF_META)?, KEY_JOURNAL_PAIRING, id.as_bytes());
         let mut w = rocksdb::WriteOptions::default();
         w.set_sync(true);
-        self.db.write_opt(batch, &w).map_err(storage)?;
-        *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
-        Ok(())
+        self.db.write_opt(batch, &w).map_err(storage)
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -511,6 +521,7 @@ impl MetaStore {
                         KEY_CLUSTER_ID,
                         KEY_CLUSTER_ID_UPGRADED,
                         KEY_INCOMPLETE_INDEXED,
+                        KEY_JOURNAL_PAIRING,
                     ]
                     .contains(&&*k)
                 {
@@ -538,6 +549,7 @@ impl MetaStore {
             Some(Op::Mount(e)) => tx.mount(e),
             Some(Op::Unmount(e)) => tx.unmount(e),
             Some(Op::Reclaim(e)) => tx.reclaim(e.root, e.limit),
+            Some(Op::ClusterId(e)) => tx.cluster_id(&e.id),
             None => Err(Error::invalid_argument("journal entry", "empty")),
         };
         let Tx {
@@ -546,6 +558,7 @@ impl MetaStore {
             touched_edges,
             mounts,
             mounts_changed,
+            cluster_id,
             ..
         } = match outcome {
             Ok(_) => tx,
@@ -565,7 +578,16 @@ impl MetaStore {
         if mounts_changed {
             *self.mounts.write().unwrap_or_else(|p| p.into_inner()) = mounts;
         }
+        if let Some(id) = cluster_id {
+            *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id;
+        }
         outcome
+    }
+
+    /// Whether the cluster id was set by a journal entry (so every master of the
+    /// group has it), rather than made by this store alone.
+    pub fn cluster_id_journaled(&self) -> Result<bool> {
+        Ok(self.get_meta(KEY_CLUSTER_ID_JOURNALED)? != 0)
     }
 }
 
@@ -579,6 +601,8 @@ struct Tx<'a> {
     // The mount table as this entry leaves it; published in memory after the write.
     mounts: Vec<MountRecord>,
     mounts_changed: bool,
+    // The cluster id this entry set; published in memory after the write.
+    cluster_id: Option<String>,
 }
 
 impl<'a> Tx<'a> {
@@ -591,7 +615,24 @@ impl<'a> Tx<'a> {
             meta: HashMap::new(),
             mounts: store.mounts(),
             mounts_changed: false,
+            cluster_id: None,
         }
+    }
+
+    /// The first journaled cluster id stays; a later one changes nothing.
+    fn cluster_id(&mut self, id: &str) -> Result<Applied> {
+        if id.is_empty() || id.len() > 64 {
+            return Err(Error::invalid_argument("cluster id", "1 to 64 bytes"));
+        }
+        if self.store.cluster_id_journaled()? {
+            return Ok(Applied::default());
+        }
+        let cf = self.store.cf(CF_META)?;
+        self.batch.put_cf(cf, KEY_CLUSTER_ID, id.as_bytes());
+        self.batch
+            .put_cf(cf, KEY_CLUSTER_ID_JOURNALED, 1u64.to_be_bytes());
+        self.cluster_id = Some(id.to_string());
+        Ok(Applied::default())
     }
 
     fn inode(&self, id: u64) -> Result<Option<InodeRecord>> {

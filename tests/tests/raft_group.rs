@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use strata_common::proto::{self, file_system_master_client::FileSystemMasterClient};
 use strata_common::Error;
 use strata_master::journal::{Journal, RaftJournal};
 use strata_tests::group::{create_entry, Group};
@@ -122,8 +123,21 @@ fn free_port() -> u16 {
 struct RunningMaster {
     handle: strata_master::MasterHandle,
     stop: tokio_util::sync::CancellationToken,
+    /// A client that knows only this master (and follows its `NotLeader`).
     fs: strata_client::FileSystem,
     address: String,
+}
+
+/// A call to this one master, no failover: its own answer.
+async fn ask(m: &RunningMaster) -> Result<(), Error> {
+    let mut client = FileSystemMasterClient::connect(format!("http://{}", m.address))
+        .await
+        .map_err(Error::unavailable)?;
+    client
+        .get_mount_table(proto::GetMountTableRequest {})
+        .await
+        .map(|_| ())
+        .map_err(Error::from)
 }
 
 /// The master that serves clients, once exactly one does; the others answer
@@ -133,7 +147,7 @@ async fn serving(masters: &[RunningMaster]) -> usize {
     loop {
         let mut answers = Vec::new();
         for m in masters {
-            answers.push(m.fs.mount_table().await.map(|_| ()));
+            answers.push(ask(m).await);
         }
         let ok: Vec<usize> = (0..answers.len()).filter(|i| answers[*i].is_ok()).collect();
         if let [l] = ok[..] {
@@ -191,21 +205,48 @@ async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
         });
     }
 
+    // A client that knows all three masters.
+    let mut config = strata_tests::test_config(root.path(), &[]);
+    config.master_addresses = masters.iter().map(|m| m.address.clone()).collect();
+    let all = strata_client::FileSystem::connect(&config).await.unwrap();
+
+    // A worker that knows all three masters registers with the leader.
+    let worker_dir = tempfile::tempdir().unwrap();
+    let mem = strata_tests::mem_tempdir();
+    let mut worker_config = config.clone();
+    worker_config.data_dir = worker_dir.path().to_path_buf();
+    worker_config.worker.mem_dir = mem.path().to_path_buf();
+    let worker_stop = tokio_util::sync::CancellationToken::new();
+    let mut worker = strata_worker::start(strata_worker::WorkerDeps {
+        config: worker_config,
+        shutdown: worker_stop.clone(),
+    })
+    .await
+    .unwrap();
+
     let l = serving(&masters).await;
-    masters[l].fs.mkdir("/a", false).await.unwrap();
-    masters[l].fs.mkdir("/b/c", true).await.unwrap();
-    // A follower answers with the leader's address, for reads and writes alike.
+    wait_for_workers(&all).await;
+    let data = strata_tests::pattern(200_000, 7);
+    let mut w = all
+        .create(
+            "/cached",
+            strata_client::CreateOptions {
+                write_type: Some(strata_client::WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&data).await.unwrap();
+    w.close().await.unwrap();
+    all.mkdir("/a", false).await.unwrap();
+    all.mkdir("/b/c", true).await.unwrap();
+    // A client that knows only a follower is sent to the leader, for reads and
+    // writes alike.
     let f = (l + 1) % 3;
-    let leader = masters[l].address.clone();
-    for answer in [
-        masters[f].fs.get_status("/a").await.map(|_| ()),
-        masters[f].fs.mkdir("/x", false).await.map(|_| ()),
-    ] {
-        assert!(
-            matches!(&answer, Err(Error::NotLeader { leader: named }) if *named == leader),
-            "{answer:?}"
-        );
-    }
+    assert!(masters[f].fs.exists("/a").await.unwrap());
+    masters[f].fs.mkdir("/x", false).await.unwrap();
+    masters[f].fs.delete("/x", false).await.unwrap();
     // Every master applied the same entries.
     let status = masters[l].handle.journal_status();
     for m in &masters {
@@ -222,9 +263,25 @@ async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
     old.stop.cancel();
     let mut handle = old.handle;
     handle.wait().await.unwrap();
-    let l = serving(&masters).await;
-    let fs = &masters[l].fs;
-    assert_eq!(strata_tests::list_names(fs, "/").await, vec!["a", "b"]);
+    serving(&masters).await;
+    // The same client, unchanged, finds the new leader.
+    let fs = &all;
+    assert_eq!(
+        strata_tests::list_names(fs, "/").await,
+        vec!["a", "b", "cached"]
+    );
+    // The worker follows the leader too, and keeps its blocks: every master has
+    // the same cluster id, journaled by the first leader.
+    wait_for_workers(fs).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fs.get_status("/cached").await.unwrap().cached_percent < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks reported again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read_all(fs, "/cached").await, data);
     assert!(fs.exists("/b/c").await.unwrap());
     fs.mkdir("/d", false).await.unwrap();
     let fresh = fs.mkdir("/e", false).await.unwrap();
@@ -232,9 +289,30 @@ async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
         fresh.id.0 > fs.get_status("/b/c").await.unwrap().id.0,
         "the new leader's ids come after every id used before"
     );
+    worker_stop.cancel();
+    worker.wait().await.unwrap();
     for m in masters {
         m.stop.cancel();
         let mut h = m.handle;
         h.wait().await.unwrap();
     }
+}
+
+async fn wait_for_workers(fs: &strata_client::FileSystem) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fs.workers().await.map(|w| w.is_empty()).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "no worker registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn read_all(fs: &strata_client::FileSystem, path: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut r = fs
+        .open(path, strata_client::OpenOptions::default())
+        .await
+        .unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).await.unwrap();
+    v
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use store::BlockStore;
 use strata_common::config::SiteConfig;
 use strata_common::ids::BlockId;
+use strata_common::masters::MasterSet;
 use strata_common::proto::{
     self, block_master_client::BlockMasterClient,
     file_system_master_client::FileSystemMasterClient, worker_service_server::WorkerServiceServer,
@@ -29,31 +30,51 @@ use tonic::transport::Channel;
 
 /// The worker's connection to the master, and the id the master gave it.
 pub struct MasterLink {
-    client: BlockMasterClient<Channel>,
-    namespace: FileSystemMasterClient<Channel>,
+    masters: MasterSet,
     worker_id: AtomicU64,
 }
 
+/// How long a call to the masters follows their leader (an election included).
+const MASTER_CALL_BUDGET: Duration = Duration::from_secs(10);
+
 impl MasterLink {
-    fn new(master_addr: &str) -> Result<Self> {
-        let channel = Channel::from_shared(format!("http://{master_addr}"))
-            .map_err(|e| Error::invalid_argument("master_addresses", e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+    fn new(addresses: &[String]) -> Result<Self> {
+        let masters = MasterSet::new(addresses, |addr| {
+            Ok(Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| Error::invalid_argument("master_addresses", e.to_string()))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy())
+        })?;
         Ok(MasterLink {
-            client: BlockMasterClient::new(channel.clone()),
-            namespace: FileSystemMasterClient::new(channel),
+            masters,
             worker_id: AtomicU64::new(0),
         })
+    }
+
+    /// Runs `call` on the leading master; all the worker's calls may be repeated
+    /// (registration replaces, heartbeats and commits are idempotent).
+    async fn on_master<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(BlockMasterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        self.masters
+            .call(true, MASTER_CALL_BUDGET, |ch| {
+                call(BlockMasterClient::new(ch))
+            })
+            .await
     }
 
     /// The under-store URIs mounted in the namespace now.
     pub async fn mounted_uris(&self) -> Result<Vec<String>> {
         let table = self
-            .namespace
-            .clone()
-            .get_mount_table(proto::GetMountTableRequest {})
+            .masters
+            .call(true, MASTER_CALL_BUDGET, |ch| async move {
+                FileSystemMasterClient::new(ch)
+                    .get_mount_table(proto::GetMountTableRequest {})
+                    .await
+            })
             .await?
             .into_inner();
         Ok(table.mounts.into_iter().map(|m| m.uri).collect())
@@ -85,7 +106,11 @@ impl MasterLink {
                 Origin::Written { block_size } => block_size,
             },
         };
-        self.client.clone().commit_block(req).await?;
+        self.on_master(|mut m| {
+            let req = req.clone();
+            async move { m.commit_block(req).await }
+        })
+        .await?;
         Ok(())
     }
 }
@@ -201,11 +226,7 @@ pub async fn start(deps: WorkerDeps) -> Result<WorkerHandle> {
     let metrics = Arc::new(WorkerMetrics::default());
     let mem_dir = mem_tier_dir(&cfg)?;
     let store = BlockStore::open(&mem_dir, cfg.worker.mem_quota.0, metrics.clone())?;
-    let master_addr = cfg
-        .master_addresses
-        .first()
-        .ok_or_else(|| Error::invalid_argument("master_addresses", "empty"))?;
-    let master = Arc::new(MasterLink::new(master_addr)?);
+    let master = Arc::new(MasterLink::new(&cfg.master_addresses)?);
 
     let bind = format!("{}:{}", cfg.worker.bind_host, cfg.worker.rpc_port);
     let listener = tokio::net::TcpListener::bind(&bind)
@@ -305,9 +326,10 @@ async fn register(d: &HeartbeatDeps) -> Result<u64> {
         };
         let resp = d
             .master
-            .client
-            .clone()
-            .register_worker(req)
+            .on_master(|mut m| {
+                let req = req.clone();
+                async move { m.register_worker(req).await }
+            })
             .await?
             .into_inner();
         if resp.cluster_id.is_empty() {
@@ -362,11 +384,18 @@ async fn heartbeat_once(d: &HeartbeatDeps) -> Result<()> {
         added: block_reports(added.clone()),
         removed_blocks: removed.iter().map(|b| b.0).collect(),
     };
-    let resp = match d.master.client.clone().worker_heartbeat(req).await {
+    let sent = d
+        .master
+        .on_master(|mut m| {
+            let req = req.clone();
+            async move { m.worker_heartbeat(req).await }
+        })
+        .await;
+    let resp = match sent {
         Ok(r) => r.into_inner(),
-        Err(status) => {
+        Err(e) => {
             d.store.restore_deltas(added, removed);
-            return Err(status.into());
+            return Err(e);
         }
     };
     if resp.register_again {

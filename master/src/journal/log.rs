@@ -12,8 +12,9 @@
 //! Keys: `e` + index (8 bytes, big-endian) → an `Entry`; `m/hard` → the
 //! `HardState`; `m/conf` → the `ConfState`; `m/base` → index and term of the last
 //! entry compacted away (the log holds `base + 1 ..= last`); `m/node` → this
-//! master's Raft id and `m/cluster` → the cluster's id, both fixed at the log's
-//! creation (a metastore of another cluster is never fed this log's entries).
+//! master's Raft id and `m/pairing` → an id recorded in the metastore too, both
+//! fixed at the log's creation (a metastore this log did not feed is never fed
+//! its entries).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -26,7 +27,7 @@ const KEY_HARD: &[u8] = b"m/hard";
 const KEY_CONF: &[u8] = b"m/conf";
 const KEY_BASE: &[u8] = b"m/base";
 const KEY_NODE: &[u8] = b"m/node";
-const KEY_CLUSTER: &[u8] = b"m/cluster";
+const KEY_PAIRING: &[u8] = b"m/pairing";
 const ENTRY_PREFIX: u8 = b'e';
 
 /// Largest entry the log accepts or reads back; a bigger one on disk is corruption.
@@ -109,12 +110,13 @@ impl LogStore {
         Ok(self.get(KEY_NODE)?.is_none())
     }
 
-    /// The id of the cluster whose entries the log holds.
-    pub fn cluster(&self) -> Result<String> {
+    /// The id that pairs the log with the metastore it feeds (recorded in both
+    /// when the log is made).
+    pub fn pairing(&self) -> Result<String> {
         let v = self
-            .get(KEY_CLUSTER)?
-            .ok_or_else(|| self.damaged("its cluster id is missing"))?;
-        String::from_utf8(v).map_err(|_| self.damaged("its cluster id is corrupt"))
+            .get(KEY_PAIRING)?
+            .ok_or_else(|| self.damaged("its pairing id is missing"))?;
+        String::from_utf8(v).map_err(|_| self.damaged("its pairing id is corrupt"))
     }
 
     fn damaged(&self, what: &str) -> Error {
@@ -145,11 +147,11 @@ impl LogStore {
         Ok(true)
     }
 
-    /// Makes a new log for Raft node `node_id` among `voters`, holding entries of
-    /// cluster `cluster`. For a state machine that already applied `applied`
+    /// Makes a new log for Raft node `node_id` among `voters`, paired with a
+    /// metastore by `pairing`. For a state machine that already applied `applied`
     /// entries (a metastore from before the log), the log starts compacted at that
     /// index, so Raft continues after it.
-    pub fn create(&self, node_id: u64, voters: &[u64], applied: u64, cluster: &str) -> Result<()> {
+    pub fn create(&self, node_id: u64, voters: &[u64], applied: u64, pairing: &str) -> Result<()> {
         let conf = ConfState {
             voters: voters.to_vec(),
             ..Default::default()
@@ -164,7 +166,7 @@ impl LogStore {
         batch.put(KEY_CONF, encode(&conf)?);
         batch.put(KEY_HARD, encode(&hard)?);
         batch.put(KEY_BASE, pair(applied, base_term));
-        batch.put(KEY_CLUSTER, cluster.as_bytes());
+        batch.put(KEY_PAIRING, pairing.as_bytes());
         batch.put(KEY_NODE, node_id.to_be_bytes());
         self.write(batch, true)
     }

@@ -265,23 +265,26 @@ impl RaftJournal {
         }
         let log = LogStore::open(dir, opts.id)?;
         if log.is_new()? {
-            log.create(opts.id, &opts.voters, applied, &store.cluster_id())?;
+            let pairing = crate::store::new_random_id()?;
+            // The metastore first: a crash before the log exists makes a new log
+            // and a new pairing next time.
+            store.set_journal_pairing(&pairing)?;
+            log.create(opts.id, &opts.voters, applied, &pairing)?;
         } else {
-            let cluster = log.cluster()?;
-            if cluster != store.cluster_id() {
+            let pairing = log.pairing()?;
+            if store.journal_pairing()?.as_deref() != Some(pairing.as_str()) {
                 if applied > 0 {
                     return Err(Error::invalid_argument(
                         "master.metastore_dir",
                         format!(
-                            "the metastore belongs to cluster {} and the journal in {} to \
-                             cluster {cluster}: the two folders come from different clusters",
-                            store.cluster_id(),
+                            "the metastore was not made by the journal in {}: the two \
+                             folders come from different masters or clusters",
                             dir.display()
                         ),
                     ));
                 }
-                // An empty metastore, rebuilt from this log: it is that cluster's.
-                store.adopt_cluster_id(&cluster)?;
+                // An empty metastore: rebuilt from this log.
+                store.set_journal_pairing(&pairing)?;
             }
         }
         log.load(&opts.voters, applied)?;
@@ -1095,7 +1098,10 @@ mod tests {
             .await
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("different clusters"), "{err}");
+        assert!(
+            err.to_string().contains("different masters or clusters"),
+            "{err}"
+        );
         // A's own metastore back: nothing of A's log was lost to the attempt.
         copy_dir(&kept, &a_meta);
         std::fs::remove_dir_all(&kept).unwrap();
@@ -1108,8 +1114,11 @@ mod tests {
     async fn a_metastore_rebuilt_from_the_log_keeps_the_cluster_id() {
         let dir = tempfile::tempdir().unwrap();
         let n = open(dir.path(), RaftOptions::single()).await.unwrap();
-        n.journal.propose(create(2)).await.unwrap();
         let id = n.store.cluster_id();
+        // As the first leader journals it (`Namespace::journal_cluster_id`).
+        let entry = Op::ClusterId(crate::entries::ClusterIdEntry { id: id.clone() });
+        n.journal.propose(entry.into()).await.unwrap();
+        n.journal.propose(create(2)).await.unwrap();
         n.close().await;
         std::fs::remove_dir_all(dir.path().join("meta")).unwrap();
         let n = open(dir.path(), RaftOptions::single()).await.unwrap();
@@ -1161,7 +1170,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_missing_its_state_or_members_is_an_error_not_a_hang() {
-        for key in [&b"m/hard"[..], b"m/conf", b"m/cluster"] {
+        for key in [&b"m/hard"[..], b"m/conf", b"m/pairing"] {
             let dir = tempfile::tempdir().unwrap();
             let n = open(dir.path(), RaftOptions::single()).await.unwrap();
             n.journal.propose(create(2)).await.unwrap();
