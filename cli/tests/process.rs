@@ -667,3 +667,215 @@ async fn a_killed_writer_process_is_cleaned_up_after_a_master_restart() {
     assert_eq!(blocks, 0);
     drop(master);
 }
+
+/// Three `strata master` processes on 127.0.0.1-3 (one Raft group), the leader
+/// found by asking each one for itself.
+struct Group {
+    masters: Vec<Option<Daemon>>,
+    dirs: Vec<std::path::PathBuf>,
+    ufs: std::path::PathBuf,
+    rpc_port: u16,
+    raft_port: u16,
+}
+
+impl Group {
+    fn address(&self, i: usize) -> String {
+        format!("127.0.0.{}:{}", i + 1, self.rpc_port)
+    }
+
+    fn start(&mut self, i: usize) {
+        let peers: Vec<String> = (1..=3)
+            .map(|id| format!("\"{id}@127.0.0.{id}:{}\"", self.raft_port))
+            .collect();
+        let settings = [
+            format!("master.id={}", i + 1),
+            format!("master.bind_host=127.0.0.{}", i + 1),
+            format!("master.raft_port={}", self.raft_port),
+            format!("master.peers=[{}]", peers.join(",")),
+        ];
+        let mut more = Vec::new();
+        for s in &settings {
+            more.push("-D");
+            more.push(s.as_str());
+        }
+        self.masters[i] = Some(start_master_with(
+            &self.dirs[i],
+            &self.ufs,
+            self.rpc_port,
+            &more,
+        ));
+    }
+
+    /// The index of the master that serves, once one does.
+    async fn leader(&self) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..3 {
+                if self.masters[i].is_none() {
+                    continue;
+                }
+                let asked = async {
+                    let mut c = strata_common::proto::file_system_master_client::FileSystemMasterClient::connect(
+                        format!("http://{}", self.address(i)),
+                    )
+                    .await
+                    .ok()?;
+                    c.get_mount_table(strata_common::proto::GetMountTableRequest {})
+                        .await
+                        .ok()
+                };
+                if asked.await.is_some() {
+                    return i;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Eight clients create files as fast as they can, each recording what was
+/// acknowledged; the leader of three masters is killed with SIGKILL part way.
+/// Every acknowledged file exists afterwards; the old leader rejoins and the three
+/// state machines are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_of_three_masters_loses_no_acknowledged_create() {
+    let root = tempfile::tempdir().unwrap();
+    let ufs = root.path().join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let mut g = Group {
+        masters: vec![None, None, None],
+        dirs: (1..=3).map(|i| root.path().join(format!("m{i}"))).collect(),
+        ufs,
+        rpc_port: free_port(),
+        raft_port: free_port(),
+    };
+    for i in 0..3 {
+        g.start(i);
+    }
+    let leader = g.leader().await;
+
+    let mut cfg = test_config(Path::new("/nonexistent"), &[]);
+    cfg.master_addresses = (0..3).map(|i| g.address(i)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let fs = FileSystem::connect(&cfg).await.unwrap();
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut acked, mut unknown, mut last_ack) = (Vec::new(), 0usize, None);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let path = format!("/c{c}-{i}");
+                i += 1;
+                let made = async {
+                    let w = fs
+                        .create(
+                            &path,
+                            CreateOptions {
+                                write_type: Some(WriteType::MustCache),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    w.close().await
+                };
+                match made.await {
+                    Ok(_) => {
+                        acked.push(path);
+                        last_ack = Some(std::time::Instant::now());
+                    }
+                    // The master died with the call (or before it): its outcome
+                    // is unknown. A pause, as an application would take.
+                    Err(_) => {
+                        unknown += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (acked, unknown, last_ack)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = std::time::Instant::now();
+    g.masters[leader].take().unwrap().kill();
+    let new_leader = g.leader().await;
+    let serving_after = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (mut acked, mut unknown) = (Vec::new(), 0);
+    let mut after_kill = 0;
+    for c in clients {
+        let (a, u, last) = c.await.unwrap();
+        if last.is_some_and(|t| t > killed_at) {
+            after_kill += 1;
+        }
+        acked.extend(a);
+        unknown += u;
+    }
+    println!(
+        "three masters: leader killed; a new leader served after {serving_after:?}; \
+         {} creates acknowledged, {unknown} with an unknown outcome",
+        acked.len()
+    );
+    assert_eq!(after_kill, 8, "every client went on after the kill");
+
+    let fs = FileSystem::connect(&cfg).await.unwrap();
+    let mut names = std::collections::HashSet::new();
+    let mut after = String::new();
+    loop {
+        let page = fs.list_page("/", &after, 1000).await.unwrap();
+        for e in &page.entries {
+            assert!(names.insert(e.path.to_string()), "{} listed twice", e.path);
+        }
+        if !page.more {
+            break;
+        }
+        after = page.cursor;
+    }
+    for p in &acked {
+        assert!(names.contains(p), "{p} was acknowledged and is gone");
+    }
+    assert!(names.len() >= acked.len() && names.len() <= acked.len() + unknown);
+
+    // The old leader comes back and catches up; then every master stops and the
+    // three state machines are compared.
+    g.start(leader);
+    let reports = || async {
+        strata_client::admin::journal_reports(&cfg)
+            .await
+            .into_iter()
+            .map(|(_, r)| r.map(|r| r.applied_index).unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = reports().await;
+        if applied.iter().all(|a| *a == applied[new_leader] && *a > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in g.masters.iter_mut() {
+        let status = m.take().unwrap().terminate();
+        assert!(status.success(), "{status}");
+    }
+    let dumps: Vec<_> = g
+        .dirs
+        .iter()
+        .map(|d| {
+            strata_master::store::MetaStore::open(&d.join("master").join("metastore"), 10)
+                .unwrap()
+                .dump()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        dumps[0] == dumps[1] && dumps[1] == dumps[2],
+        "identical state machines"
+    );
+}
