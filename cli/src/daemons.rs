@@ -103,6 +103,14 @@ impl FormatArgs {
     }
 }
 
+/// The `master_addresses` setting a `--master host:port` flag makes, if given.
+pub(crate) fn master_override(master: Option<&str>) -> Vec<(String, String)> {
+    master
+        .map(|m| ("master_addresses".to_string(), toml_string(m)))
+        .into_iter()
+        .collect()
+}
+
 /// Quotes a value so the config layer reads it as a string, whatever it looks like.
 pub(crate) fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

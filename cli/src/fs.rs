@@ -23,15 +23,7 @@ pub struct FsArgs {
 
 impl FsArgs {
     pub(crate) fn overrides(&self) -> Vec<(String, String)> {
-        self.master
-            .iter()
-            .map(|m| {
-                (
-                    "master_addresses".to_string(),
-                    crate::daemons::toml_string(m),
-                )
-            })
-            .collect()
+        crate::daemons::master_override(self.master.as_deref())
     }
 }
 

@@ -19,15 +19,7 @@ pub struct FsadminArgs {
 
 impl FsadminArgs {
     pub(crate) fn overrides(&self) -> Vec<(String, String)> {
-        self.master
-            .iter()
-            .map(|m| {
-                (
-                    "master_addresses".to_string(),
-                    crate::daemons::toml_string(m),
-                )
-            })
-            .collect()
+        crate::daemons::master_override(self.master.as_deref())
     }
 }
 
