@@ -355,11 +355,28 @@ impl SiteConfig {
             return Err(cfg_err("master.id", "must be 1 or more"));
         }
         let members = self.raft_members()?;
-        if !members.contains_key(&self.master.id) {
+        let Some(own) = members.get(&self.master.id) else {
             return Err(cfg_err(
                 "master.peers",
                 format!("does not name this master (master.id = {})", self.master.id),
             ));
+        };
+        if members.len() > 1 {
+            if !own.ends_with(&format!(":{}", self.master.raft_port)) {
+                return Err(cfg_err(
+                    "master.peers",
+                    format!(
+                        "names this master at {own}, but master.raft_port is {}",
+                        self.master.raft_port
+                    ),
+                ));
+            }
+            if self.master.rpc_port == 0 {
+                return Err(cfg_err(
+                    "master.rpc_port",
+                    "a master of a group needs a fixed port (clients are sent to it)",
+                ));
+            }
         }
         if self.master.inode_cache_entries == 0 {
             return Err(cfg_err("master.inode_cache_entries", "must be more than 0"));
@@ -415,6 +432,12 @@ impl SiteConfig {
             let id: u64 = id.parse().map_err(|_| bad())?;
             if id == 0 || !is_host_port(addr) {
                 return Err(bad());
+            }
+            if out.values().any(|a| a == addr) {
+                return Err(cfg_err(
+                    "master.peers",
+                    format!("{addr} is named for two masters"),
+                ));
             }
             if out.insert(id, addr.to_string()).is_some() {
                 return Err(cfg_err(
@@ -611,6 +634,7 @@ mod tests {
     #[test]
     fn peers_are_checked_and_name_this_master() {
         let three = "[master]\nid = 2\npeers = [\"1@a:19200\", \"2@b:19200\", \"3@c:19200\"]\nrpc_port = 7\n";
+        let wrong_port = three.replace("2@b:19200", "2@b:19300");
         let cfg = SiteConfig::from_toml_str(three).unwrap();
         let members = cfg.raft_members().unwrap();
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -630,8 +654,14 @@ mod tests {
             ("[master]\npeers = [\"1@a\"]\n", "is not"),
             ("[master]\npeers = [\"1@a:99999\"]\n", "is not"),
             ("[master]\nid = 0\n", "1 or more"),
+            ("[master]\npeers = [\"1@a:1\", \"2@a:1\"]\n", "named for two masters"),
+            (wrong_port.as_str(), "master.raft_port is 19200"),
             (
-                "[master]\npeers = [\"1@a:1\",\"2@a:1\",\"3@a:1\",\"4@a:1\",\"5@a:1\",\"6@a:1\",\"7@a:1\",\"8@a:1\"]\n",
+                "[master]\nrpc_port = 0\nraft_port = 1\npeers = [\"1@a:1\", \"2@b:1\"]\n",
+                "fixed port",
+            ),
+            (
+                "[master]\npeers = [\"1@a:1\",\"2@b:1\",\"3@c:1\",\"4@d:1\",\"5@e:1\",\"6@f:1\",\"7@g:1\",\"8@h:1\"]\n",
                 "at most 7",
             ),
         ] {

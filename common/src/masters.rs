@@ -102,11 +102,12 @@ impl MasterSet {
             self.current.store(i, Ordering::Release);
             return true;
         }
-        if masters.len() >= self.configured + MAX_LEARNED {
-            return false;
-        }
         match (self.connect)(address) {
             Ok(ch) => {
+                if masters.len() >= self.configured + MAX_LEARNED {
+                    // The oldest learned address makes room: a leader moves on.
+                    masters.remove(self.configured);
+                }
                 masters.push((address.to_string(), ch));
                 self.current.store(masters.len() - 1, Ordering::Release);
                 true
@@ -186,9 +187,16 @@ mod tests {
         assert!(s.after_error(&named("d:1"), false));
         assert_eq!(s.current(), "d:1");
         for i in 0..MAX_LEARNED + 3 {
-            s.after_error(&named(&format!("x{i}:1")), false);
+            assert!(s.after_error(&named(&format!("x{i}:1")), false));
         }
-        assert!(s.lock().len() <= 3 + MAX_LEARNED);
+        assert_eq!(s.lock().len(), 3 + MAX_LEARNED, "bounded");
+        assert_eq!(
+            s.current(),
+            format!("x{}:1", MAX_LEARNED + 2),
+            "the newest leader"
+        );
+        assert!(s.after_error(&named("b:1"), false));
+        assert_eq!(s.current(), "b:1", "configured ones stay");
         // Unreachable: move on, and try again only what is idempotent.
         let down = Error::unavailable("connection refused");
         let before = s.current();

@@ -68,18 +68,27 @@ impl MasterHandle {
 /// Removes the inodes of deleted and unmounted folders, batch by batch, until
 /// shutdown; wakes when a removal leaves work, and looks every 10 s regardless
 /// (work left by an earlier run, or a batch that failed).
-async fn reclaim_detached(ns: Arc<Namespace>, shutdown: CancellationToken) {
+async fn reclaim_detached(
+    ns: Arc<Namespace>,
+    leading: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let pause = match ns.reclaim_step().await {
-            Ok(true) => {
-                // Other mutations share the journal: let them in between batches.
-                tokio::task::yield_now().await;
-                None
-            }
-            Ok(false) => Some(std::time::Duration::from_secs(10)),
-            Err(e) => {
-                tracing::warn!("cannot reclaim a deleted folder's inodes: {e}");
-                Some(std::time::Duration::from_secs(1))
+        let pause = if !leading.load(Ordering::Acquire) {
+            // Only the leader reclaims (its entries reach every master).
+            Some(std::time::Duration::from_secs(1))
+        } else {
+            match ns.reclaim_step().await {
+                Ok(true) => {
+                    // Other mutations share the journal: let them in between batches.
+                    tokio::task::yield_now().await;
+                    None
+                }
+                Ok(false) => Some(std::time::Duration::from_secs(10)),
+                Err(e) => {
+                    tracing::warn!("cannot reclaim a deleted folder's inodes: {e}");
+                    Some(std::time::Duration::from_secs(1))
+                }
             }
         };
         if shutdown.is_cancelled() {
@@ -95,8 +104,11 @@ async fn reclaim_detached(ns: Arc<Namespace>, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes the files whose writers stopped renewing their leases, until shutdown.
-async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
+/// Deletes the files whose writers stopped renewing their leases, until shutdown,
+/// while this master leads: writers renew with the leader only, so another
+/// master's leases say nothing (and its under-store side effects would remove
+/// copies still being written).
+async fn expire_leases(ns: Arc<Namespace>, leading: Arc<AtomicBool>, shutdown: CancellationToken) {
     let every = (ns.lease_duration() / 4).clamp(
         std::time::Duration::from_millis(50),
         std::time::Duration::from_secs(10),
@@ -112,6 +124,9 @@ async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
         // pass (a failed removal is granted a new lease; a file moved meanwhile
         // waits for the next pass).
         for _ in 0..64 {
+            if !leading.load(Ordering::Acquire) {
+                break;
+            }
             let batch = ns.expired_leases(1024);
             if batch.is_empty() {
                 break;
@@ -119,6 +134,9 @@ async fn expire_leases(ns: Arc<Namespace>, shutdown: CancellationToken) {
             for id in batch {
                 if shutdown.is_cancelled() {
                     return;
+                }
+                if !leading.load(Ordering::Acquire) {
+                    break;
                 }
                 if let Err(e) = ns.expire_lease(id).await {
                     tracing::warn!(
@@ -240,6 +258,7 @@ async fn follow_leadership(
                 _ = stop.cancelled() => return,
                 ready = journal.ready() => if ready.is_err() { return },
             }
+            let term = journal.status().term;
             let taken = match ns.take_leadership() {
                 Ok(()) => ns.journal_cluster_id().await,
                 Err(e) => Err(e),
@@ -252,8 +271,13 @@ async fn follow_leadership(
             if let Err(e) = ns.ensure_root_mount(&root_ufs).await {
                 tracing::warn!("root mount {root_ufs}: {e}");
             }
+            if !journal.is_serving() || journal.status().term != term {
+                // Lost (and maybe regained) meanwhile: what was rebuilt may be
+                // older than another leader's entries; rebuild again.
+                continue;
+            }
             leading.store(true, Ordering::Release);
-            tracing::info!("leading the journal: serving clients and workers");
+            tracing::info!(term, "leading the journal: serving clients and workers");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -384,8 +408,16 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
 
     let background = [
         worker_expiry,
-        tokio::spawn(expire_leases(ns.clone(), background_stop.clone())),
-        tokio::spawn(reclaim_detached(ns.clone(), background_stop.clone())),
+        tokio::spawn(expire_leases(
+            ns.clone(),
+            leading.clone(),
+            background_stop.clone(),
+        )),
+        tokio::spawn(reclaim_detached(
+            ns.clone(),
+            leading.clone(),
+            background_stop.clone(),
+        )),
         tokio::spawn(follow_leadership(
             ns,
             journal.clone(),

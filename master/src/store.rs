@@ -1135,6 +1135,13 @@ impl<'a> Tx<'a> {
                 path: mount.path.clone(),
             });
         }
+        if mount.mount_id == 0 || self.mounts.iter().any(|m| m.mount_id == mount.mount_id) {
+            // Two leaders' handlers may pick the same id: the second is refused.
+            return Err(Error::NotPermitted {
+                path: mount.path.clone(),
+                reason: format!("mount id {} is already in use", mount.mount_id),
+            });
+        }
         if inode.id == FileId::ROOT.0 {
             let mut root = self
                 .inode(FileId::ROOT.0)?
@@ -1228,7 +1235,7 @@ fn parent_of(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::ReclaimEntry;
+    use crate::entries::{ClusterIdEntry, ReclaimEntry};
 
     fn dir(id: u64, parent: u64, name: &str, t: i64) -> InodeRecord {
         InodeRecord {
@@ -1434,6 +1441,50 @@ mod tests {
         };
         assert_eq!(strip(before), strip(after));
         assert_eq!(s.applied_index().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_mount_id_in_use_is_refused_and_the_first_journaled_cluster_id_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let h = history();
+        s.apply(1, &h[0]).unwrap();
+        s.apply(2, &h[1]).unwrap();
+        let mount = |path: &str, inode: u64, mount_id: u64| -> JournalEntry {
+            Op::Mount(MountEntry {
+                parent_id: 1,
+                inode: Some(dir(inode, 1, &path[1..], 0)),
+                mount: Some(MountRecord {
+                    mount_id,
+                    inode_id: inode,
+                    path: path.into(),
+                    uri: format!("file:///{inode}"),
+                    read_only: false,
+                }),
+            })
+            .into()
+        };
+        let err = s.apply(3, &mount("/m", 20, 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("mount id 1 is already in use"),
+            "{err}"
+        );
+        s.apply(4, &mount("/m", 20, 2)).unwrap();
+        assert_eq!(s.mounts().len(), 2);
+
+        let first = s.cluster_id();
+        assert!(!s.cluster_id_journaled().unwrap());
+        let set =
+            |id: &str| -> JournalEntry { Op::ClusterId(ClusterIdEntry { id: id.into() }).into() };
+        s.apply(5, &set("c-one")).unwrap();
+        assert_ne!(s.cluster_id(), first);
+        assert_eq!(s.cluster_id(), "c-one");
+        s.apply(6, &set("c-two")).unwrap();
+        assert_eq!(s.cluster_id(), "c-one", "the first journaled id stays");
+        assert!(s.apply(7, &set("")).is_err());
+        drop(s);
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        assert_eq!(s.cluster_id(), "c-one");
     }
 
     #[test]

@@ -93,6 +93,11 @@ async fn a_leader_cut_off_from_its_majority_stops_serving() {
         g.stop_member(id).await;
     }
     let alone = g.members[0].journal.clone();
+    // A proposal made now is appended but cannot commit.
+    let waiting = {
+        let j = alone.clone();
+        tokio::spawn(async move { j.propose(create_entry(4)).await })
+    };
     // It learns within an election timeout (checked quorum) that it leads no
     // majority: it steps down and takes no more proposals.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -107,6 +112,15 @@ async fn a_leader_cut_off_from_its_majority_stops_serving() {
     );
     let serving = tokio::time::timeout(Duration::from_millis(500), alone.ready()).await;
     assert!(serving.is_err(), "not serving without a majority");
+    // The waiting proposal is answered, not left hanging: its outcome is unknown.
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("answered once the lead is lost")
+        .unwrap();
+    assert!(
+        matches!(answered, Err(Error::Unavailable { .. })),
+        "{answered:?}"
+    );
     g.stop().await;
 }
 

@@ -66,6 +66,10 @@ impl RaftOptions {
     }
 }
 
+/// Largest entry proposed (the biggest a handler makes, 4,096 loaded children, is
+/// about 1.2 MiB); it must fit one message between masters.
+pub const MAX_PROPOSAL_BYTES: usize = 8 << 20;
+
 /// Most proposals taken from the queue into one `Ready` (one fsync).
 const MAX_GROUP: usize = 4096;
 
@@ -210,6 +214,7 @@ enum Msg {
 /// state machine is the metastore.
 pub struct RaftJournal {
     id: u64,
+    voters: Vec<u64>,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     shared: Arc<Shared>,
     serving: watch::Receiver<bool>,
@@ -265,6 +270,20 @@ impl RaftJournal {
         }
         let log = LogStore::open(dir, opts.id)?;
         if log.is_new()? {
+            if applied > 0 && opts.voters.len() > 1 {
+                // A log made up for a history would claim no vote and an old
+                // term: in a group that could elect a master missing acknowledged
+                // entries. Only a lone master starts a log over its metastore.
+                return Err(Error::invalid_argument(
+                    "master.journal_dir",
+                    format!(
+                        "{} holds no journal but the metastore has applied {applied} entries: \
+                         a master of a group needs its journal (restore it, or format this \
+                         master so it catches up from the others)",
+                        dir.display()
+                    ),
+                ));
+            }
             let pairing = crate::store::new_random_id()?;
             // The metastore first: a crash before the log exists makes a new log
             // and a new pairing next time.
@@ -327,6 +346,7 @@ impl RaftJournal {
             .map_err(|e| Error::internal(format!("journal: cannot start its thread: {e}")))?;
         Ok(RaftJournal {
             id: opts.id,
+            voters: opts.voters.clone(),
             tx: Mutex::new(Some(tx)),
             shared,
             serving,
@@ -359,6 +379,11 @@ impl RaftJournal {
         self.id
     }
 
+    /// The group's members.
+    pub fn voters(&self) -> &[u64] {
+        &self.voters
+    }
+
     /// Hands messages from peers to the node.
     pub fn deliver(&self, msgs: Vec<raft::eraftpb::Message>) -> Result<()> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
@@ -377,6 +402,11 @@ impl RaftJournal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether this master leads and serves now.
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
     }
 
     /// Waits until this master no longer leads and serves (or the journal stops).
@@ -466,16 +496,19 @@ impl Drop for RaftJournal {
 #[tonic::async_trait]
 impl Journal for RaftJournal {
     async fn propose(&self, entry: JournalEntry) -> Result<Applied> {
+        let data = entry.encode_to_vec();
+        if data.len() > MAX_PROPOSAL_BYTES {
+            // It could not reach the other masters in one message.
+            return Err(Error::invalid_argument(
+                "journal entry",
+                format!("{} bytes; at most {MAX_PROPOSAL_BYTES}", data.len()),
+            ));
+        }
         let (reply, answer) = oneshot::channel();
         let sent = {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            tx.as_ref().is_some_and(|tx| {
-                tx.send(Msg::Propose {
-                    data: entry.encode_to_vec(),
-                    reply,
-                })
-                .is_ok()
-            })
+            tx.as_ref()
+                .is_some_and(|tx| tx.send(Msg::Propose { data, reply }).is_ok())
         };
         if !sent {
             return Err(self
@@ -578,6 +611,7 @@ impl Driver {
                 self.fail(e);
                 break 'run;
             }
+            self.abandon_if_deposed();
             self.publish();
         }
     }
@@ -736,6 +770,21 @@ impl Driver {
         self.store.sync()?;
         self.node.store().compact(to)?;
         Ok(())
+    }
+
+    /// A master that no longer leads answers its waiting proposals: their entries
+    /// may still be committed by the new leader, or be replaced, and nothing here
+    /// would tell them which until more entries arrive (maybe never).
+    fn abandon_if_deposed(&mut self) {
+        if self.node.raft.state == StateRole::Leader || self.pending.is_empty() {
+            return;
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(Error::unavailable(
+                "this master lost the lead before the change was committed; \
+                 it may or may not be applied",
+            )));
+        }
     }
 
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
@@ -1222,6 +1271,47 @@ mod tests {
             err.to_string().contains("entries 5..9 unavailable"),
             "{err}"
         );
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_member_without_its_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        n.journal.propose(create(2)).await.unwrap();
+        n.close().await;
+        std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
+        let three = RaftOptions {
+            voters: vec![1, 2, 3],
+            peers: [
+                (2, "127.0.0.1:9".to_string()),
+                (3, "127.0.0.1:9".to_string()),
+            ]
+            .into(),
+            ..RaftOptions::single()
+        };
+        let err = open(dir.path(), three).await.err().expect("refused");
+        assert!(err.to_string().contains("needs its journal"), "{err}");
+        // Alone, the same metastore goes on (its history taken as compacted).
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        assert_eq!(names(&n.store), vec!["f2"]);
+        n.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_too_large_for_one_message_is_refused_before_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = open(dir.path(), RaftOptions::single()).await.unwrap();
+        let before = n.journal.status().last_index;
+        let JournalEntry { op } = create(2);
+        let Some(Op::Create(mut e)) = op else {
+            unreachable!()
+        };
+        e.path = "/".repeat(MAX_PROPOSAL_BYTES);
+        let err = n.journal.propose(Op::Create(e).into()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert_eq!(n.journal.status().last_index, before, "nothing appended");
+        n.journal.propose(create(3)).await.unwrap();
         n.close().await;
     }
 

@@ -25,6 +25,8 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 256;
 /// Most messages accepted in one call.
 pub const MAX_BATCH_MESSAGES: usize = 4096;
+/// Most bytes of messages in one call (under the gRPC limit).
+const MAX_CALL_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 
 /// The sending side: a queue and a task per peer.
 pub struct Transport {
@@ -73,24 +75,39 @@ async fn send_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Message>) {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+    // A message that did not fit the previous call goes first in the next.
+    let mut carried: Option<Vec<u8>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(b) => b,
+            None => match rx.recv().await {
+                Some(m) => match m.write_to_bytes() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(to, "raft: a message cannot be encoded: {e}");
+                        continue;
+                    }
+                },
+                None => return,
+            },
+        };
+        if first.len() > MAX_CALL_BYTES {
+            tracing::error!(to, bytes = first.len(), "raft: a message too large to send");
+            continue;
         }
-        let mut messages = Vec::with_capacity(batch.len());
-        let mut bytes = 0;
-        for m in &batch {
+        let mut bytes = first.len();
+        let mut messages = vec![first.into()];
+        while messages.len() < BATCH {
+            let Ok(m) = rx.try_recv() else { break };
             match m.write_to_bytes() {
-                // A call stays under the gRPC limit; the rest is dropped and resent.
-                Ok(b) if bytes + b.len() < MAX_MESSAGE_BYTES - 4096 => {
+                Ok(b) if bytes + b.len() <= MAX_CALL_BYTES => {
                     bytes += b.len();
                     messages.push(b.into());
                 }
-                Ok(_) => break,
+                Ok(b) => {
+                    carried = Some(b);
+                    break;
+                }
                 Err(e) => tracing::error!(to, "raft: a message cannot be encoded: {e}"),
             }
         }
@@ -126,8 +143,8 @@ impl RaftPeerService {
     }
 }
 
-/// Decodes a batch addressed to master `me`.
-pub fn decode_batch(me: u64, batch: &proto::RaftBatch) -> Result<Vec<Message>> {
+/// Decodes a batch addressed to master `me` from one of the other `voters`.
+pub fn decode_batch(me: u64, voters: &[u64], batch: &proto::RaftBatch) -> Result<Vec<Message>> {
     if batch.messages.len() > MAX_BATCH_MESSAGES {
         return Err(Error::invalid_argument(
             "messages",
@@ -150,6 +167,15 @@ pub fn decode_batch(me: u64, batch: &proto::RaftBatch) -> Result<Vec<Message>> {
                     format!("a message for master {} reached master {me}", m.to),
                 ));
             }
+            if m.from == me || !voters.contains(&m.from) {
+                return Err(Error::invalid_argument(
+                    "messages",
+                    format!(
+                        "a message from master {}, not one of this master's peers {voters:?}",
+                        m.from
+                    ),
+                ));
+            }
             Ok(m)
         })
         .collect()
@@ -161,7 +187,7 @@ impl RaftPeer for RaftPeerService {
         &self,
         req: Request<proto::RaftBatch>,
     ) -> std::result::Result<Response<proto::RaftBatchAck>, Status> {
-        let msgs = decode_batch(self.journal.id(), &req.into_inner())?;
+        let msgs = decode_batch(self.journal.id(), self.journal.voters(), &req.into_inner())?;
         self.journal.deliver(msgs)?;
         Ok(Response::new(proto::RaftBatchAck {}))
     }
@@ -188,8 +214,14 @@ mod tests {
             term: 3,
             ..Default::default()
         };
-        assert_eq!(decode_batch(1, &batch(&[to(1), to(1)])).unwrap().len(), 2);
-        let err = decode_batch(1, &batch(&[to(1), to(7)])).unwrap_err();
+        let voters = [1, 2, 3];
+        assert_eq!(
+            decode_batch(1, &voters, &batch(&[to(1), to(1)]))
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = decode_batch(1, &voters, &batch(&[to(1), to(7)])).unwrap_err();
         assert!(
             err.to_string().contains("for master 7 reached master 1"),
             "{err}"
@@ -197,10 +229,15 @@ mod tests {
         let garbage = proto::RaftBatch {
             messages: vec![bytes::Bytes::from_static(b"\xff\xff\xff\xff")],
         };
-        let err = decode_batch(1, &garbage).unwrap_err();
+        let err = decode_batch(1, &voters, &garbage).unwrap_err();
         assert!(err.to_string().contains("not a Raft message"), "{err}");
         let flood = batch(&vec![to(1); MAX_BATCH_MESSAGES + 1]);
-        let err = decode_batch(1, &flood).unwrap_err();
+        let err = decode_batch(1, &voters, &flood).unwrap_err();
         assert!(err.to_string().contains("in one batch"), "{err}");
+        let stranger = Message { from: 9, ..to(1) };
+        let err = decode_batch(1, &voters, &batch(&[stranger])).unwrap_err();
+        assert!(err.to_string().contains("not one of"), "{err}");
+        let itself = Message { from: 1, ..to(1) };
+        assert!(decode_batch(1, &voters, &batch(&[itself])).is_err());
     }
 }
