@@ -69,10 +69,7 @@ impl Default for Registry {
     fn default() -> Self {
         // Ids start from the clock so a restarted master does not reuse a previous
         // run's ids while old workers still hold them.
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let start = clock_micros();
         Registry {
             inner: Mutex::new(Inner {
                 next_id: start,
@@ -80,6 +77,14 @@ impl Default for Registry {
             }),
         }
     }
+}
+
+/// Microseconds since the epoch (1 if the clock is before it).
+fn clock_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
 }
 
 impl Inner {
@@ -119,10 +124,15 @@ impl Registry {
 
     /// Forgets every worker and location (a master that leads again does not know
     /// what changed while it did not): workers register again, with full reports.
+    ///
+    /// New ids start from the clock again (past any this registry gave): a worker
+    /// still carrying an id an earlier leader gave it, from a clock that was behind
+    /// this one, is told to register again rather than taken for another worker.
     pub fn forget_all(&self) {
         let mut inner = self.lock();
         inner.workers.clear();
         inner.locations.clear();
+        inner.next_id = inner.next_id.max(clock_micros());
     }
 
     /// Registers a worker with its full block report. Blocks for which `is_valid`
@@ -338,6 +348,19 @@ mod tests {
             used_bytes: 0,
             blocks: blocks.into_iter().map(|b| (b, 10)).collect(),
         }
+    }
+
+    #[test]
+    fn a_registry_that_forgets_never_gives_an_old_id_again() {
+        let r = Registry::default();
+        let before: Vec<WorkerId> = (0..5)
+            .map(|i| r.register(reg(&format!("w{i}:1"), vec![]), |_, _| true))
+            .collect();
+        r.forget_all();
+        // Old ids are unknown (register again), and new ones come after them.
+        assert!(r.heartbeat(before[0], 0, &[], &[], |_, _| true).is_none());
+        let after = r.register(reg("w9:1", vec![]), |_, _| true);
+        assert!(before.iter().all(|b| b.0 < after.0), "{before:?} {after:?}");
     }
 
     #[test]
