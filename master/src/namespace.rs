@@ -219,6 +219,11 @@ impl Namespace {
         self.journal.propose(op.into()).await
     }
 
+    /// Before a read of the namespace: see `Journal::read_barrier`.
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.journal.read_barrier().await
+    }
+
     fn under_store(&self, uri: &str) -> Result<Arc<dyn UnderStore>> {
         self.stores.get(uri)
     }

@@ -71,6 +71,7 @@ impl FileSystemMaster for FileSystemService {
         req: Request<proto::GetStatusRequest>,
     ) -> Answer<proto::GetStatusResponse> {
         let path = parse_path(&req.into_inner().path)?;
+        self.ns.read_barrier().await?;
         let info = self.ns.get_status(&path).await?;
         ok(proto::GetStatusResponse {
             info: Some(info.into()),
@@ -82,6 +83,7 @@ impl FileSystemMaster for FileSystemService {
         req: Request<proto::ListStatusRequest>,
     ) -> Answer<proto::ListStatusResponse> {
         let req = req.into_inner();
+        self.ns.read_barrier().await?;
         let path = parse_path(&req.path)?;
         let start_after = match req.start_after.as_str() {
             "" => None,
@@ -214,6 +216,7 @@ impl FileSystemMaster for FileSystemService {
         &self,
         _req: Request<proto::GetMountTableRequest>,
     ) -> Answer<proto::GetMountTableResponse> {
+        self.ns.read_barrier().await?;
         ok(proto::GetMountTableResponse {
             mounts: self.ns.mount_table().into_iter().map(Into::into).collect(),
         })
@@ -224,6 +227,7 @@ impl FileSystemMaster for FileSystemService {
         req: Request<proto::GetFileBlocksRequest>,
     ) -> Answer<proto::GetFileBlocksResponse> {
         let path = parse_path(&req.into_inner().path)?;
+        self.ns.read_barrier().await?;
         ok(self.ns.file_blocks(&path).await?.into())
     }
 

@@ -47,6 +47,18 @@ async fn three_masters_replicate_and_survive_the_loss_of_their_leader() {
         "{refused:?}"
     );
     propose_many(&journal, 2..42).await;
+    // Reads on the leader confirm it leads (a round with the others), and see
+    // every acknowledged entry.
+    let reads: Vec<_> = (0..16)
+        .map(|_| {
+            let j = journal.clone();
+            tokio::spawn(async move { j.read_index().await })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(g.leader().await.names().len(), 40);
     g.caught_up().await;
     assert_identical(&g, 40);
 
@@ -93,10 +105,15 @@ async fn a_leader_cut_off_from_its_majority_stops_serving() {
         g.stop_member(id).await;
     }
     let alone = g.members[0].journal.clone();
-    // A proposal made now is appended but cannot commit.
+    // A proposal made now is appended but cannot commit; a read cannot confirm
+    // that this master still leads, so it is never answered from its state.
     let waiting = {
         let j = alone.clone();
         tokio::spawn(async move { j.propose(create_entry(4)).await })
+    };
+    let read = {
+        let j = alone.clone();
+        tokio::spawn(async move { j.read_index().await })
     };
     // It learns within an election timeout (checked quorum) that it leads no
     // majority: it steps down and takes no more proposals.
@@ -121,6 +138,11 @@ async fn a_leader_cut_off_from_its_majority_stops_serving() {
         matches!(answered, Err(Error::Unavailable { .. })),
         "{answered:?}"
     );
+    let read = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the read is answered once the lead is lost")
+        .unwrap();
+    assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
     g.stop().await;
 }
 
@@ -329,4 +351,54 @@ async fn read_all(fs: &strata_client::FileSystem, path: &str) -> Vec<u8> {
     let mut v = Vec::new();
     r.read_to_end(&mut v).await.unwrap();
     v
+}
+
+/// A read that reaches a new leader before it has committed an entry of its
+/// term must wait for that commit, not vanish: a lost round would leave every
+/// later read on that leader waiting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_during_an_election_are_answered() {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    let old = g.leader().await.id;
+    let survivors: Vec<Arc<RaftJournal>> = g
+        .members
+        .iter()
+        .filter(|m| m.id != old)
+        .map(|m| m.journal.clone())
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each survivor is asked to read without pause while the election runs:
+    // followers refuse at once, the new leader must answer every read.
+    let readers: Vec<_> = survivors
+        .iter()
+        .map(|j| {
+            let (j, stop) = (j.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answered = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match tokio::time::timeout(Duration::from_secs(5), j.read_index()).await {
+                        Err(_) => return Err("a read was never answered"),
+                        Ok(Ok(())) => answered += 1,
+                        Ok(Err(_)) => tokio::task::yield_now().await,
+                    }
+                }
+                Ok(answered)
+            })
+        })
+        .collect();
+    assert!(g.stop_member(old).await);
+    let new = g.leader().await.journal.clone();
+    // Reads keep being answered on the new leader for a while after it serves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for r in readers {
+        answered += r.await.unwrap().unwrap();
+    }
+    assert!(answered > 0, "the new leader answered reads");
+    tokio::time::timeout(Duration::from_secs(5), new.read_index())
+        .await
+        .expect("a read after the election is answered")
+        .unwrap();
+    g.stop().await;
 }

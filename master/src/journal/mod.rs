@@ -23,4 +23,8 @@ pub use self::raft::{JournalStatus, RaftJournal, RaftOptions, Role};
 pub trait Journal: Send + Sync {
     /// Appends `entry` and waits until it is committed and applied.
     async fn propose(&self, entry: JournalEntry) -> Result<Applied>;
+
+    /// Waits until a read of the applied state is linearizable: this master
+    /// still leads and has applied everything committed before the call.
+    async fn read_barrier(&self) -> Result<()>;
 }

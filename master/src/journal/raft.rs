@@ -201,6 +201,8 @@ enum Msg {
     },
     /// Messages from peers.
     Raft(Vec<raft::eraftpb::Message>),
+    /// A read wants the index it must see applied (ReadIndex).
+    Read(oneshot::Sender<Result<u64>>),
     Stop,
     /// Tests: a storage failure as the thread would meet it.
     #[cfg(test)]
@@ -215,6 +217,7 @@ enum Msg {
 pub struct RaftJournal {
     id: u64,
     voters: Vec<u64>,
+    applied: watch::Receiver<u64>,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     shared: Arc<Shared>,
     serving: watch::Receiver<bool>,
@@ -328,6 +331,7 @@ impl RaftJournal {
             .map_err(|e| Error::internal(format!("journal: cannot start the Raft node: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let (serving_tx, serving) = watch::channel(false);
+        let (applied_tx, applied_rx) = watch::channel(applied);
         let shared = Arc::new(Shared::default());
         let driver = Driver {
             node,
@@ -339,6 +343,11 @@ impl RaftJournal {
             failed: None,
             store_applied: applied,
             transport,
+            reads_waiting: Vec::new(),
+            reads_in_flight: BTreeMap::new(),
+            next_read_round: 0,
+            read_term: 0,
+            applied_tx,
         };
         let thread = std::thread::Builder::new()
             .name(format!("strata-raft-{}", opts.id))
@@ -347,6 +356,7 @@ impl RaftJournal {
         Ok(RaftJournal {
             id: opts.id,
             voters: opts.voters.clone(),
+            applied: applied_rx,
             tx: Mutex::new(Some(tx)),
             shared,
             serving,
@@ -402,6 +412,36 @@ impl RaftJournal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Waits until this master may answer a read linearizably (ReadIndex): it
+    /// confirms with a majority that it still leads, then waits until it applied
+    /// everything committed when the read arrived. Reads arriving together share
+    /// one round. A group of one needs no round: no other master can commit.
+    pub async fn read_index(&self) -> Result<()> {
+        if self.voters.len() == 1 {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = {
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.as_ref()
+                .is_some_and(|tx| tx.send(Msg::Read(reply)).is_ok())
+        };
+        if !sent {
+            return Err(self
+                .failure()
+                .unwrap_or_else(|| Error::unavailable("the journal has stopped")));
+        }
+        let index = answer
+            .await
+            .map_err(|_| Error::unavailable("the journal stopped during a read"))??;
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|a| *a >= index)
+            .await
+            .map_err(|_| Error::unavailable("the journal stopped during a read"))?;
+        Ok(())
     }
 
     /// Whether this master leads and serves now.
@@ -495,6 +535,10 @@ impl Drop for RaftJournal {
 
 #[tonic::async_trait]
 impl Journal for RaftJournal {
+    async fn read_barrier(&self) -> Result<()> {
+        self.read_index().await
+    }
+
     async fn propose(&self, entry: JournalEntry) -> Result<Applied> {
         let data = entry.encode_to_vec();
         if data.len() > MAX_PROPOSAL_BYTES {
@@ -537,6 +581,15 @@ struct Driver {
     store_applied: u64,
     /// Sends to the other masters (none for a group of one).
     transport: Option<super::transport::Transport>,
+    /// Reads waiting for the next ReadIndex round.
+    reads_waiting: Vec<oneshot::Sender<Result<u64>>>,
+    /// Reads of the ReadIndex rounds in flight, by round.
+    reads_in_flight: BTreeMap<u64, Vec<oneshot::Sender<Result<u64>>>>,
+    next_read_round: u64,
+    /// The term the rounds in flight started in.
+    read_term: u64,
+    /// The applied index, for reads waiting to see it.
+    applied_tx: watch::Sender<u64>,
 }
 
 impl Driver {
@@ -605,6 +658,7 @@ impl Driver {
                     .log_bytes
                     .store(self.node.store().disk_bytes(), Ordering::Release);
             }
+            self.start_read_round();
             if let Err(e) = self.on_ready() {
                 // Nothing more can be made durable or applied: the thread ends,
                 // every waiting and later proposal is refused with this error.
@@ -620,6 +674,16 @@ impl Driver {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => false,
+            Msg::Read(reply) => {
+                if self.node.raft.state == StateRole::Leader {
+                    self.reads_waiting.push(reply);
+                } else {
+                    let _ = reply.send(Err(Error::unavailable(
+                        "this master is not the leader of the journal",
+                    )));
+                }
+                true
+            }
             Msg::Raft(msgs) => {
                 for m in msgs {
                     if let Err(e) = self.node.step(m) {
@@ -667,6 +731,17 @@ impl Driver {
         let mut ready = self.node.ready();
         // A leader's messages go out before its own append (Raft allows it).
         self.send(ready.take_messages());
+        for rs in ready.take_read_states() {
+            let round = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            for reply in self.reads_in_flight.remove(&round).unwrap_or_default() {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
         if !ready.snapshot().is_empty() {
             return Err(Error::internal(
                 "journal: installing a snapshot from a peer is not supported yet",
@@ -776,8 +851,29 @@ impl Driver {
     /// may still be committed by the new leader, or be replaced, and nothing here
     /// would tell them which until more entries arrive (maybe never).
     fn abandon_if_deposed(&mut self) {
-        if self.node.raft.state == StateRole::Leader || self.pending.is_empty() {
+        if self.node.raft.state == StateRole::Leader {
+            // A round of an earlier term died with it (raft-rs forgets pending
+            // reads when its role changes).
+            if !self.reads_in_flight.is_empty() && self.read_term != self.node.raft.term {
+                for reply in std::mem::take(&mut self.reads_in_flight)
+                    .into_values()
+                    .flatten()
+                {
+                    let _ = reply.send(Err(Error::unavailable(
+                        "the journal changed terms during a read; try again",
+                    )));
+                }
+            }
             return;
+        }
+        let reads = std::mem::take(&mut self.reads_in_flight)
+            .into_values()
+            .flatten()
+            .chain(std::mem::take(&mut self.reads_waiting));
+        for reply in reads {
+            let _ = reply.send(Err(Error::unavailable(
+                "this master lost the lead during a read; ask the leader",
+            )));
         }
         for (_, (_, reply)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(Error::unavailable(
@@ -785,6 +881,26 @@ impl Driver {
                  it may or may not be applied",
             )));
         }
+    }
+
+    /// Starts one ReadIndex round for every read waiting (they share it, as
+    /// proposals share an fsync), unless rounds are already in flight. A leader
+    /// that has not yet committed an entry of its term holds its reads back:
+    /// raft-rs drops such a request without a word, and the round would never
+    /// end.
+    fn start_read_round(&mut self) {
+        if self.reads_waiting.is_empty()
+            || !self.reads_in_flight.is_empty()
+            || !self.node.raft.commit_to_current_term()
+        {
+            return;
+        }
+        let round = self.next_read_round;
+        self.next_read_round += 1;
+        self.read_term = self.node.raft.term;
+        self.node.read_index(round.to_be_bytes().to_vec());
+        self.reads_in_flight
+            .insert(round, std::mem::take(&mut self.reads_waiting));
     }
 
     fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
@@ -814,6 +930,9 @@ impl Driver {
     fn publish(&self) {
         let s = &self.shared;
         let raft = &self.node.raft;
+        let applied = s.applied.load(Ordering::Acquire);
+        self.applied_tx
+            .send_if_modified(|a| std::mem::replace(a, applied) != applied);
         if raft.state != StateRole::Leader {
             // Serving is a leader's, from its term's first applied entry on.
             self.serving
