@@ -27,6 +27,7 @@
 
 pub mod admin;
 mod reader;
+mod requests;
 mod writer;
 
 pub use reader::FileReader;
@@ -98,6 +99,7 @@ const WORKER_LIST_TTL: Duration = Duration::from_secs(3);
 
 pub(crate) struct Inner {
     masters: MasterSet,
+    requests: requests::Requests,
     pub(crate) conf: ClientConfig,
     local_host: String,
     channels: Mutex<HashMap<String, Channel>>,
@@ -274,6 +276,7 @@ impl FileSystem {
         Ok(FileSystem {
             inner: Arc::new(Inner {
                 masters,
+                requests: requests::Requests::new()?,
                 conf: conf.client.clone(),
                 local_host,
                 channels: Mutex::new(HashMap::new()),
@@ -297,15 +300,18 @@ impl FileSystem {
         self.inner.on_master(true, call).await
     }
 
-    /// Runs a mutation on the leading master. It is tried again only where a
-    /// follower refused it (it never ran); a mutation whose answer was lost is not
-    /// repeated.
-    async fn mutate<T, F, Fut>(&self, call: F) -> Result<T>
+    /// Runs a mutation on the leading master, with a request id that every
+    /// attempt shares: the master runs it at most once and answers a retry with
+    /// the first attempt's result, so it is tried again like a read (past
+    /// unreachable masters, lost answers and elections).
+    async fn mutate<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
-        F: FnMut(FileSystemMasterClient<Channel>) -> Fut,
+        F: FnMut(FileSystemMasterClient<Channel>, proto::RequestId) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        self.inner.on_master(false, call).await
+        let ticket = self.inner.requests.start();
+        let id = ticket.proto();
+        self.inner.on_master(true, |m| call(m, id.clone())).await
     }
 
     /// Status of a file or directory.
@@ -413,11 +419,15 @@ impl FileSystem {
     pub async fn mkdir(&self, path: &str, recursive: bool) -> Result<FileInfo> {
         let path = parse(path)?.to_string();
         let resp = self
-            .mutate(|mut m| {
+            .mutate(|mut m, request| {
                 let path = path.clone();
                 async move {
-                    m.create_directory(proto::CreateDirectoryRequest { path, recursive })
-                        .await
+                    m.create_directory(proto::CreateDirectoryRequest {
+                        path,
+                        recursive,
+                        request: Some(request),
+                    })
+                    .await
                 }
             })
             .await?
@@ -438,10 +448,14 @@ impl FileSystem {
             block_size,
             recursive: opts.recursive,
             write_type: proto::WriteType::from(write_type) as i32,
+            request: None,
         };
         let resp = self
-            .mutate(|mut m| {
-                let req = req.clone();
+            .mutate(|mut m, request| {
+                let req = proto::CreateFileRequest {
+                    request: Some(request),
+                    ..req.clone()
+                };
                 async move { m.create_file(req).await }
             })
             .await?
@@ -490,9 +504,13 @@ impl FileSystem {
             path: parse(path)?.to_string(),
             recursive,
             file_id: 0,
+            request: None,
         };
-        self.mutate(|mut m| {
-            let req = req.clone();
+        self.mutate(|mut m, request| {
+            let req = proto::DeleteRequest {
+                request: Some(request),
+                ..req.clone()
+            };
             async move { m.delete(req).await }
         })
         .await?;
@@ -504,9 +522,13 @@ impl FileSystem {
         let req = proto::RenameRequest {
             src: parse(src)?.to_string(),
             dst: parse(dst)?.to_string(),
+            request: None,
         };
-        self.mutate(|mut m| {
-            let req = req.clone();
+        self.mutate(|mut m, request| {
+            let req = proto::RenameRequest {
+                request: Some(request),
+                ..req.clone()
+            };
             async move { m.rename(req).await }
         })
         .await?;
@@ -520,9 +542,13 @@ impl FileSystem {
             path: parse(path)?.to_string(),
             uri: uri.to_string(),
             read_only,
+            request: None,
         };
-        self.mutate(|mut m| {
-            let req = req.clone();
+        self.mutate(|mut m, request| {
+            let req = proto::MountRequest {
+                request: Some(request),
+                ..req.clone()
+            };
             async move { m.mount(req).await }
         })
         .await?;
@@ -533,9 +559,13 @@ impl FileSystem {
     pub async fn unmount(&self, path: &str) -> Result<()> {
         let req = proto::UnmountRequest {
             path: parse(path)?.to_string(),
+            request: None,
         };
-        self.mutate(|mut m| {
-            let req = req.clone();
+        self.mutate(|mut m, request| {
+            let req = proto::UnmountRequest {
+                request: Some(request),
+                ..req.clone()
+            };
             async move { m.unmount(req).await }
         })
         .await?;
@@ -560,8 +590,9 @@ impl FileSystem {
         let req = proto::FreeRequest {
             path: parse(path)?.to_string(),
         };
+        // Dropping cached copies twice drops nothing more: safe to try again.
         let resp = self
-            .mutate(|mut m| {
+            .retry(|mut m| {
                 let req = req.clone();
                 async move { m.free(req).await }
             })

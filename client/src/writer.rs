@@ -233,6 +233,7 @@ impl FileWriter {
             path: self.info.path.to_string(),
             recursive: false,
             file_id: self.info.id.0,
+            request: None,
         };
         let deleted = self
             .fs

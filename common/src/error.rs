@@ -125,6 +125,17 @@ impl Error {
         }
     }
 
+    /// The error as bytes that [`Error::decode`] turns back into the same variant
+    /// (for results kept on disk).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_detail().1.encode_to_vec()
+    }
+
+    /// An error from [`Error::encode`]'s bytes; `None` if they hold none.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        ErrorDetail::decode(bytes).ok().and_then(Error::from_detail)
+    }
+
     fn to_detail(&self) -> (tonic::Code, ErrorDetail) {
         use tonic::Code;
         use ErrorKind as K;
@@ -352,6 +363,15 @@ mod tests {
             let back: Error = status.into();
             assert_eq!(back, err);
         }
+    }
+
+    #[test]
+    fn every_variant_survives_encoding_to_bytes() {
+        for err in all_variants() {
+            assert_eq!(Error::decode(&err.encode()), Some(err));
+        }
+        assert_eq!(Error::decode(b"\xff\xff"), None);
+        assert_eq!(Error::decode(&[]), None);
     }
 
     #[test]

@@ -101,6 +101,17 @@ pub fn block_count(length: u64, block_size: u64) -> u64 {
     length.div_ceil(block_size.max(1))
 }
 
+/// `N` random bytes from the kernel (`/dev/urandom`): ids that must not collide
+/// between clusters, journals or client instances.
+pub fn random_bytes<const N: usize>() -> crate::Result<[u8; N]> {
+    use std::io::Read;
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| crate::Error::internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

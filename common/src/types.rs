@@ -587,6 +587,66 @@ impl From<MountPointInfo> for proto::MountPointInfo {
     }
 }
 
+/// Bytes of a client id in a [`RequestId`].
+pub const CLIENT_ID_BYTES: usize = 16;
+
+/// Names one mutation of one client: a retry of it carries the same id, and the
+/// master answers it with the first attempt's result instead of running it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// The client, random per client instance.
+    pub client: [u8; CLIENT_ID_BYTES],
+    /// The mutation's number for this client, from 1.
+    pub seq: u64,
+    /// Every mutation of this client below this number has been answered (or
+    /// given up), so its result can be forgotten. At most `seq`.
+    pub answered_below: u64,
+}
+
+impl TryFrom<proto::RequestId> for RequestId {
+    type Error = Error;
+    fn try_from(p: proto::RequestId) -> Result<Self> {
+        let client: [u8; CLIENT_ID_BYTES] = p.client.as_ref().try_into().map_err(|_| {
+            Error::invalid_argument(
+                "request.client",
+                format!("{} bytes, expected {CLIENT_ID_BYTES}", p.client.len()),
+            )
+        })?;
+        if p.seq == 0 {
+            return Err(Error::invalid_argument("request.seq", "must be at least 1"));
+        }
+        if p.answered_below > p.seq {
+            return Err(Error::invalid_argument(
+                "request.answered_below",
+                format!(
+                    "{} is past the request's own seq {}",
+                    p.answered_below, p.seq
+                ),
+            ));
+        }
+        Ok(RequestId {
+            client,
+            seq: p.seq,
+            answered_below: p.answered_below,
+        })
+    }
+}
+
+impl From<RequestId> for proto::RequestId {
+    fn from(r: RequestId) -> Self {
+        proto::RequestId {
+            client: r.client.to_vec().into(),
+            seq: r.seq,
+            answered_below: r.answered_below,
+        }
+    }
+}
+
+/// The optional request id of a mutation, checked.
+pub fn request_id(p: Option<proto::RequestId>) -> Result<Option<RequestId>> {
+    p.map(RequestId::try_from).transpose()
+}
+
 /// A request to create a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateFile {
@@ -598,6 +658,8 @@ pub struct CreateFile {
     pub recursive: bool,
     /// How it will be written.
     pub write_type: WriteType,
+    /// Makes a retry safe.
+    pub request: Option<RequestId>,
 }
 
 impl TryFrom<proto::CreateFileRequest> for CreateFile {
@@ -609,6 +671,7 @@ impl TryFrom<proto::CreateFileRequest> for CreateFile {
             block_size: p.block_size,
             recursive: p.recursive,
             write_type: p.write_type.try_into()?,
+            request: request_id(p.request)?,
         })
     }
 }

@@ -1151,21 +1151,38 @@ fn write_file_header() -> impl Strategy<Value = proto::WriteFileHeader> {
         })
 }
 
+fn request_id() -> impl Strategy<Value = Option<proto::RequestId>> {
+    proptest::option::of(
+        (
+            prop_oneof![3 => vec(any::<u8>(), 16), 1 => vec(any::<u8>(), 0..40)],
+            u64_field(),
+            u64_field(),
+        )
+            .prop_map(|(client, seq, answered_below)| proto::RequestId {
+                client: client.into(),
+                seq,
+                answered_below,
+            }),
+    )
+}
+
 fn create_file_request() -> impl Strategy<Value = proto::CreateFileRequest> {
     (
         raw_path(),
         prop_oneof![3 => MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE, 1 => u64_field()],
         any::<bool>(),
         enum_field(),
+        request_id(),
     )
-        .prop_map(
-            |(path, block_size, recursive, write_type)| proto::CreateFileRequest {
+        .prop_map(|(path, block_size, recursive, write_type, request)| {
+            proto::CreateFileRequest {
                 path,
                 block_size,
                 recursive,
                 write_type,
-            },
-        )
+                request,
+            }
+        })
 }
 
 /// What an accepted block list guarantees a reader, checked block by block.
@@ -1272,6 +1289,10 @@ proptest! {
         if let Ok(c) = CreateFile::try_from(p) {
             prop_assert_eq!(Some(c.path.as_str().to_string()), model_parse(&raw));
             prop_assert!((MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&c.block_size));
+            if let Some(r) = c.request {
+                prop_assert!(r.seq >= 1 && r.answered_below <= r.seq);
+                round_trips::<proto::RequestId, _>(&r)?;
+            }
         }
     }
 

@@ -202,6 +202,42 @@ pub struct ReclaimLevel {
 pub struct JournalEntry {
     #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
+    /// Set when a client's request made the entry: apply records the result under
+    /// the request's id, and an entry of a request already recorded changes
+    /// nothing and answers the recorded result.
+    #[prost(message, optional, tag = "20")]
+    pub request: Option<RequestTag>,
+}
+
+/// The client request an entry carries out (see `strata_common::types::RequestId`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestTag {
+    /// 16 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub client: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The client's results below this seq are forgotten.
+    #[prost(uint64, tag = "3")]
+    pub answered_below: u64,
+    /// The leader's clock when the entry was made; results of clients silent for
+    /// longer than `store::REQUEST_RETENTION_MS` are forgotten.
+    #[prost(int64, tag = "4")]
+    pub time_ms: i64,
+    /// The answer the request gets if the entry applies.
+    #[prost(bytes = "vec", tag = "5")]
+    pub reply: Vec<u8>,
+}
+
+/// A request's recorded result: the reply, or the conflict it met
+/// (`strata_common::Error::encode`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestOutcome {
+    #[prost(bytes = "vec", tag = "1")]
+    pub reply: Vec<u8>,
+    /// Empty when the request succeeded.
+    #[prost(bytes = "vec", tag = "2")]
+    pub error: Vec<u8>,
 }
 
 /// The mutation kinds.
@@ -238,7 +274,10 @@ pub struct ClusterIdEntry {
 
 impl From<Op> for JournalEntry {
     fn from(op: Op) -> Self {
-        JournalEntry { op: Some(op) }
+        JournalEntry {
+            op: Some(op),
+            request: None,
+        }
     }
 }
 
@@ -301,6 +340,34 @@ mod tests {
         ];
         assert_eq!(file.encode_to_vec(), recorded);
         assert_eq!(InodeRecord::decode(recorded).unwrap(), file);
+
+        // An entry made for a client's request (tag 20).
+        let tagged = JournalEntry {
+            op: Some(Op::Unmount(UnmountEntry {
+                mount_id: 2,
+                path: "/m".into(),
+            })),
+            request: Some(RequestTag {
+                client: vec![7; 16],
+                seq: 3,
+                answered_below: 2,
+                time_ms: 9,
+                reply: vec![1],
+            }),
+        };
+        let recorded: &[u8] = &[
+            58, 6, 8, 2, 18, 2, 47, 109, 162, 1, 27, 10, 16, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+            7, 7, 7, 16, 3, 24, 2, 32, 9, 42, 1, 1,
+        ];
+        assert_eq!(tagged.encode_to_vec(), recorded);
+        assert_eq!(JournalEntry::decode(recorded).unwrap(), tagged);
+        let outcome = RequestOutcome {
+            reply: vec![],
+            error: vec![8, 2],
+        };
+        let recorded: &[u8] = &[18, 2, 8, 2];
+        assert_eq!(outcome.encode_to_vec(), recorded);
+        assert_eq!(RequestOutcome::decode(recorded).unwrap(), outcome);
 
         let cluster: JournalEntry = Op::ClusterId(ClusterIdEntry { id: "c1".into() }).into();
         let recorded: &[u8] = &[74, 4, 10, 2, 99, 49];

@@ -21,11 +21,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use strata_common::ids::{block_count, BlockId, FileId, MAX_BLOCKS_PER_FILE};
 use strata_common::types::{
-    BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, UfsFingerprint,
-    UfsLocation,
+    BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo, RequestId,
+    UfsFingerprint, UfsLocation,
 };
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
+
+mod requests;
 
 /// Looks at the under-store for one request at most this many times while
 /// concurrent changes keep invalidating what it saw.
@@ -854,7 +856,21 @@ impl Namespace {
     }
 
     /// Creates a directory (and its missing parents when `recursive`).
-    pub async fn mkdir(&self, path: &StrataPath, recursive: bool) -> Result<FileInfo> {
+    pub async fn mkdir(
+        &self,
+        path: &StrataPath,
+        recursive: bool,
+        req: Option<&RequestId>,
+    ) -> Result<FileInfo> {
+        self.once(req, self.mkdir_once(path, recursive, req)).await
+    }
+
+    async fn mkdir_once(
+        &self,
+        path: &StrataPath,
+        recursive: bool,
+        req: Option<&RequestId>,
+    ) -> Result<FileInfo> {
         let (_guard, r) = self.lock_for_create(path).await?;
         if let Some(rec) = r.found() {
             if rec.is_dir && recursive {
@@ -876,19 +892,27 @@ impl Namespace {
             None => false,
         };
         let inodes = self.chain(r.deepest().id, &r.missing, persisted, now_ms());
-        self.propose(Op::Create(CreateEntry {
+        let last = inodes
+            .last()
+            .ok_or_else(|| Error::internal(format!("{path}: nothing to create")))?;
+        let info = self.info(path.clone(), last)?;
+        let op = Op::Create(CreateEntry {
             parent_id: r.deepest().id,
             path: path.to_string(),
             inodes,
             expected_parent_version: None,
-        }))
-        .await?;
-        self.get_status(path).await
+        });
+        Ok(self.propose_deciding(req, op, info).await?.1)
     }
 
     /// Creates an incomplete file; returns it and, when the write type persists, its
     /// under-store location.
     pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
+        self.once(req.request.as_ref(), self.create_file_once(req))
+            .await
+    }
+
+    async fn create_file_once(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
         let path = &req.path;
         if !self.block_size_range.contains(&req.block_size) {
             return Err(Error::invalid_argument(
@@ -954,15 +978,18 @@ impl Namespace {
             ..Default::default()
         });
         let file = inodes[inodes.len() - 1].clone();
-        self.propose(Op::Create(CreateEntry {
+        let reply = (self.info(path.clone(), &file)?, ufs);
+        let op = Op::Create(CreateEntry {
             parent_id: r.deepest().id,
             path: path.to_string(),
             inodes,
             expected_parent_version: None,
-        }))
-        .await?;
-        self.leases.grant(file.id, Instant::now());
-        Ok((self.info(path.clone(), &file)?, ufs))
+        });
+        let (_, (info, ufs)) = self
+            .propose_deciding(req.request.as_ref(), op, reply)
+            .await?;
+        self.leases.grant(info.id.0, Instant::now());
+        Ok((info, ufs))
     }
 
     /// Seals a file written by a client. Idempotent: completing a complete file
@@ -1116,6 +1143,18 @@ impl Namespace {
         path: &StrataPath,
         recursive: bool,
         only: Option<FileId>,
+        req: Option<&RequestId>,
+    ) -> Result<()> {
+        self.once(req, self.delete_once(path, recursive, only, req))
+            .await
+    }
+
+    async fn delete_once(
+        &self,
+        path: &StrataPath,
+        recursive: bool,
+        only: Option<FileId>,
+        req: Option<&RequestId>,
     ) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
         if path.is_root() {
@@ -1156,7 +1195,7 @@ impl Namespace {
                 }
             }
         }
-        self.remove_locked(path, &rec, recursive, false).await
+        self.remove_locked(path, &rec, recursive, false, req).await
     }
 
     /// Removes `rec` at `path` (whose lock the caller holds), in the under-store
@@ -1171,6 +1210,7 @@ impl Namespace {
         rec: &InodeRecord,
         recursive: bool,
         staged_only: bool,
+        req: Option<&RequestId>,
     ) -> Result<()> {
         if let Some(hit) = self.mount_for(path) {
             // An incomplete file may have an under-store copy on the way: remove it too.
@@ -1188,16 +1228,15 @@ impl Namespace {
                 self.after_under_store().await;
             }
         }
-        let applied = self
-            .propose(Op::Delete(DeleteEntry {
-                parent_id: rec.parent_id,
-                name: rec.name.clone(),
-                id: rec.id,
-                path: path.to_string(),
-                recursive,
-                mtime_ms: now_ms(),
-            }))
-            .await?;
+        let op = Op::Delete(DeleteEntry {
+            parent_id: rec.parent_id,
+            name: rec.name.clone(),
+            id: rec.id,
+            path: path.to_string(),
+            recursive,
+            mtime_ms: now_ms(),
+        });
+        let (applied, ()) = self.propose_deciding(req, op, ()).await?;
         self.after_removal(&applied);
         Ok(())
     }
@@ -1273,7 +1312,7 @@ impl Namespace {
         if self.path_of(id.0).ok().as_ref() != Some(&path) {
             return Ok(false); // moved with its folder meanwhile: the next pass sees it
         }
-        match self.remove_locked(&path, &rec, false, true).await {
+        match self.remove_locked(&path, &rec, false, true, None).await {
             Ok(()) => {
                 self.leases.release(id.0);
                 tracing::info!(%path, file_id = id.0, "write lease expired: file removed");
@@ -1288,7 +1327,21 @@ impl Namespace {
     }
 
     /// Renames `src` to `dst` (which must not exist), in the under-store too.
-    pub async fn rename(&self, src: &StrataPath, dst: &StrataPath) -> Result<()> {
+    pub async fn rename(
+        &self,
+        src: &StrataPath,
+        dst: &StrataPath,
+        req: Option<&RequestId>,
+    ) -> Result<()> {
+        self.once(req, self.rename_once(src, dst, req)).await
+    }
+
+    async fn rename_once(
+        &self,
+        src: &StrataPath,
+        dst: &StrataPath,
+        req: Option<&RequestId>,
+    ) -> Result<()> {
         let _guard = self.locks.lock(&[src, dst]).await;
         if src.is_root() || dst.is_root() {
             return Err(Error::NotPermitted {
@@ -1351,7 +1404,7 @@ impl Namespace {
                 })
             }
         }
-        self.propose(Op::Rename(RenameEntry {
+        let op = Op::Rename(RenameEntry {
             id: rec.id,
             src_parent: rec.parent_id,
             src_name: rec.name.clone(),
@@ -1360,13 +1413,30 @@ impl Namespace {
             src_path: src.to_string(),
             dst_path: dst.to_string(),
             mtime_ms: now_ms(),
-        }))
-        .await?;
+        });
+        self.propose_deciding(req, op, ()).await?;
         Ok(())
     }
 
     /// Mounts the under-store `uri` at `path`, which must not exist yet.
-    pub async fn mount(&self, path: &StrataPath, uri: &str, read_only: bool) -> Result<()> {
+    pub async fn mount(
+        &self,
+        path: &StrataPath,
+        uri: &str,
+        read_only: bool,
+        req: Option<&RequestId>,
+    ) -> Result<()> {
+        self.once(req, self.mount_once(path, uri, read_only, req))
+            .await
+    }
+
+    async fn mount_once(
+        &self,
+        path: &StrataPath,
+        uri: &str,
+        read_only: bool,
+        req: Option<&RequestId>,
+    ) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
         let r = self.resolve_synced(path).await?;
         if r.found().is_some() {
@@ -1395,7 +1465,7 @@ impl Namespace {
                 });
             }
         }
-        self.propose_mount(r.deepest().id, path, uri, read_only)
+        self.propose_mount(r.deepest().id, path, uri, read_only, req)
             .await
     }
 
@@ -1405,6 +1475,7 @@ impl Namespace {
         path: &StrataPath,
         uri: &str,
         read_only: bool,
+        req: Option<&RequestId>,
     ) -> Result<()> {
         let mount_id = self.next_mount.fetch_add(1, Ordering::Relaxed);
         let inode_id = if path.is_root() {
@@ -1412,7 +1483,7 @@ impl Namespace {
         } else {
             self.new_id()
         };
-        self.propose(Op::Mount(MountEntry {
+        let op = Op::Mount(MountEntry {
             parent_id,
             inode: Some(InodeRecord {
                 id: inode_id,
@@ -1431,8 +1502,8 @@ impl Namespace {
                 uri: uri.to_string(),
                 read_only,
             }),
-        }))
-        .await?;
+        });
+        self.propose_deciding(req, op, ()).await?;
         Ok(())
     }
 
@@ -1452,11 +1523,16 @@ impl Namespace {
             return Ok(());
         }
         strata_ufs::open(uri)?;
-        self.propose_mount(0, &StrataPath::root(), uri, false).await
+        self.propose_mount(0, &StrataPath::root(), uri, false, None)
+            .await
     }
 
     /// Removes the mount at `path` and its namespace (the under-store is untouched).
-    pub async fn unmount(&self, path: &StrataPath) -> Result<()> {
+    pub async fn unmount(&self, path: &StrataPath, req: Option<&RequestId>) -> Result<()> {
+        self.once(req, self.unmount_once(path, req)).await
+    }
+
+    async fn unmount_once(&self, path: &StrataPath, req: Option<&RequestId>) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
         if path.is_root() {
             return Err(Error::NotPermitted {
@@ -1475,12 +1551,11 @@ impl Namespace {
                 path: path.to_string(),
             });
         }
-        let applied = self
-            .propose(Op::Unmount(UnmountEntry {
-                mount_id: rec.mount_id,
-                path: path.to_string(),
-            }))
-            .await?;
+        let op = Op::Unmount(UnmountEntry {
+            mount_id: rec.mount_id,
+            path: path.to_string(),
+        });
+        let (applied, ()) = self.propose_deciding(req, op, ()).await?;
         self.after_removal(&applied);
         Ok(())
     }

@@ -9,7 +9,7 @@ use strata_common::proto::{
     self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
     master_admin_server::MasterAdmin,
 };
-use strata_common::types::{parse_path, CreateFile, UfsFingerprint, UfsLocation};
+use strata_common::types::{parse_path, request_id, CreateFile, UfsFingerprint, UfsLocation};
 use strata_common::Error;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
@@ -111,9 +111,10 @@ impl FileSystemMaster for FileSystemService {
     ) -> Answer<proto::CreateDirectoryResponse> {
         let req = req.into_inner();
         let path = parse_path(&req.path)?;
+        let id = request_id(req.request)?;
         let ns = self.ns.clone();
         let info = detached(&self.mutations, async move {
-            ns.mkdir(&path, req.recursive).await
+            ns.mkdir(&path, req.recursive, id.as_ref()).await
         })
         .await?;
         ok(proto::CreateDirectoryResponse {
@@ -176,8 +177,9 @@ impl FileSystemMaster for FileSystemService {
         let path = parse_path(&req.path)?;
         let ns = self.ns.clone();
         let only = (req.file_id != 0).then_some(FileId(req.file_id));
+        let id = request_id(req.request)?;
         detached(&self.mutations, async move {
-            ns.delete(&path, req.recursive, only).await
+            ns.delete(&path, req.recursive, only, id.as_ref()).await
         })
         .await?;
         ok(proto::DeleteResponse {})
@@ -186,8 +188,12 @@ impl FileSystemMaster for FileSystemService {
     async fn rename(&self, req: Request<proto::RenameRequest>) -> Answer<proto::RenameResponse> {
         let req = req.into_inner();
         let (src, dst) = (parse_path(&req.src)?, parse_path(&req.dst)?);
+        let id = request_id(req.request)?;
         let ns = self.ns.clone();
-        detached(&self.mutations, async move { ns.rename(&src, &dst).await }).await?;
+        detached(&self.mutations, async move {
+            ns.rename(&src, &dst, id.as_ref()).await
+        })
+        .await?;
         ok(proto::RenameResponse {})
     }
 
@@ -197,18 +203,24 @@ impl FileSystemMaster for FileSystemService {
         if req.uri.is_empty() {
             return Err(Error::invalid_argument("uri", "missing").into());
         }
+        let id = request_id(req.request)?;
         let ns = self.ns.clone();
         detached(&self.mutations, async move {
-            ns.mount(&path, &req.uri, req.read_only).await
+            ns.mount(&path, &req.uri, req.read_only, id.as_ref()).await
         })
         .await?;
         ok(proto::MountResponse {})
     }
 
     async fn unmount(&self, req: Request<proto::UnmountRequest>) -> Answer<proto::UnmountResponse> {
-        let path = parse_path(&req.into_inner().path)?;
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        let id = request_id(req.request)?;
         let ns = self.ns.clone();
-        detached(&self.mutations, async move { ns.unmount(&path).await }).await?;
+        detached(&self.mutations, async move {
+            ns.unmount(&path, id.as_ref()).await
+        })
+        .await?;
         ok(proto::UnmountResponse {})
     }
 

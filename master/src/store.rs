@@ -40,7 +40,7 @@ const CF_INCOMPLETE: &str = "incomplete";
 /// Roots of detached subtrees (deleted or unmounted folders) whose inodes are still
 /// being reclaimed, batch by batch.
 const CF_DETACHED: &str = "detached";
-const ALL_CFS: [&str; 7] = [
+const ALL_CFS: [&str; 8] = [
     CF_INODES,
     CF_EDGES,
     CF_BLOCKS,
@@ -48,7 +48,11 @@ const ALL_CFS: [&str; 7] = [
     CF_META,
     CF_INCOMPLETE,
     CF_DETACHED,
+    requests::CF_REQUESTS,
 ];
+
+mod requests;
+pub use requests::REQUEST_RETENTION_MS;
 
 /// Memory all of the metastore's memtables may use together.
 const METASTORE_MEMTABLE_BYTES: usize = 64 << 20;
@@ -77,11 +81,7 @@ const KEY_INCOMPLETE_INDEXED: &[u8] = b"incomplete_indexed";
 
 /// A fresh id (a cluster's, a journal pairing's): 128 random bits, in hex.
 pub fn new_random_id() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::internal(format!("cannot read /dev/urandom: {e}")))?;
+    let bytes = strata_common::ids::random_bytes::<16>()?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -99,6 +99,9 @@ pub struct Applied {
     /// A detached subtree is left to reclaim (after a delete or unmount of a
     /// folder with children, or a reclaim that did not finish its subtree).
     pub more_to_reclaim: bool,
+    /// The entry's request had been applied already: nothing changed, and this is
+    /// the answer it got then (reply bytes, or the conflict it met).
+    pub replayed: Option<Result<Vec<u8>>>,
 }
 
 /// Whether an apply error is the store failing (fatal), rather than a deterministic
@@ -539,6 +542,19 @@ impl MetaStore {
     /// deterministic `Err` and the index is still recorded; `Err(Internal)` means the
     /// store itself failed and nothing was written.
     pub fn apply(&self, index: u64, entry: &JournalEntry) -> Result<Applied> {
+        if let Some(tag) = &entry.request {
+            if let Err(e) = requests::check_tag(tag) {
+                self.record_index(WriteBatch::default(), index)?;
+                return Err(e);
+            }
+            if let Some(outcome) = self.recorded(&tag.client, tag.seq)? {
+                self.record_index(WriteBatch::default(), index)?;
+                return Ok(Applied {
+                    replayed: Some(requests::answer_of(outcome)),
+                    ..Applied::default()
+                });
+            }
+        }
         let mut tx = Tx::new(self);
         let outcome = match &entry.op {
             Some(Op::Create(e)) => tx.create(e),
@@ -566,9 +582,14 @@ impl MetaStore {
             Err(_) => Tx::new(self), // a conflict writes nothing but the index
         };
         let mut batch = batch;
-        batch.put_cf(self.cf(CF_META)?, KEY_APPLIED_INDEX, index.to_be_bytes());
-        self.db.write(batch).map_err(storage)?;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(tag) = &entry.request {
+            let answer = match &outcome {
+                Ok(_) => Ok(tag.reply.as_slice()),
+                Err(e) => Err(e),
+            };
+            self.record_request(&mut batch, tag, answer)?;
+        }
+        self.record_index(batch, index)?;
         for id in touched_inodes.keys() {
             self.inode_cache.invalidate(id);
         }
@@ -582,6 +603,14 @@ impl MetaStore {
             *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id;
         }
         outcome
+    }
+
+    /// Writes `batch` with the applied index.
+    fn record_index(&self, mut batch: WriteBatch, index: u64) -> Result<()> {
+        batch.put_cf(self.cf(CF_META)?, KEY_APPLIED_INDEX, index.to_be_bytes());
+        self.db.write(batch).map_err(storage)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Whether the cluster id was set by a journal entry (so every master of the

@@ -287,6 +287,7 @@ async fn absurd_numbers_from_the_wire_are_invalid_arguments() {
                 block_size,
                 recursive: false,
                 write_type: proto::WriteType::MustCache as i32,
+                request: None,
             })
             .await;
         assert!(is_invalid_argument(r), "block_size {block_size}");
@@ -412,6 +413,7 @@ async fn a_cancelled_rename_leaves_namespace_and_under_store_agreeing() {
     let mut req = tonic::Request::new(proto::RenameRequest {
         src: "/d/f".into(),
         dst: "/d/g".into(),
+        request: None,
     });
     req.set_timeout(std::time::Duration::from_millis(300));
     let call = tokio::spawn(async move { master.rename(req).await });
@@ -979,6 +981,7 @@ async fn leases_at_the_rpc_level() {
             block_size: BS,
             recursive: false,
             write_type: proto::WriteType::MustCache as i32,
+            request: None,
         })
         .await
         .unwrap()
@@ -1161,6 +1164,7 @@ async fn a_delete_naming_a_file_id_spares_a_newer_file_at_the_path() {
             path: "/same".into(),
             recursive: false,
             file_id: old_id,
+            request: None,
         })
         .await;
     assert!(matches!(
@@ -1172,6 +1176,7 @@ async fn a_delete_naming_a_file_id_spares_a_newer_file_at_the_path() {
         path: "/same".into(),
         recursive: false,
         file_id: new.id.0,
+        request: None,
     })
     .await
     .unwrap();
@@ -1244,6 +1249,7 @@ async fn renewing_a_file_of_a_deleted_folder_reports_it_lost() {
         block_size: BS,
         recursive: false,
         write_type: proto::WriteType::MustCache as i32,
+        request: None,
     };
     for i in 0..3000 {
         m.create_file(create(format!("/big/f{i:05}")))

@@ -117,6 +117,7 @@ async fn a_mutation_cut_off_from_its_caller_finishes_before_the_master_stops() {
     let mut req = tonic::Request::new(proto::RenameRequest {
         src: "/a".into(),
         dst: "/b".into(),
+        request: None,
     });
     req.set_timeout(Duration::from_millis(300));
     let call = tokio::spawn(async move { client.rename(req).await });

@@ -1151,7 +1151,7 @@ mod tests {
     }
 
     fn mkdir(id: u64) -> JournalEntry {
-        let JournalEntry { op } = create(id);
+        let JournalEntry { op, .. } = create(id);
         let Some(Op::Create(mut e)) = op else {
             unreachable!()
         };
@@ -1422,7 +1422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = open(dir.path(), RaftOptions::single()).await.unwrap();
         let before = n.journal.status().last_index;
-        let JournalEntry { op } = create(2);
+        let JournalEntry { op, .. } = create(2);
         let Some(Op::Create(mut e)) = op else {
             unreachable!()
         };

@@ -1,0 +1,375 @@
+//! Results of client requests, kept by apply so that a retried mutation is
+//! answered with its first result instead of running again (a create whose
+//! answer was lost in a failover gets its file, not `AlreadyExists`).
+//!
+//! Keys of the `requests` column family:
+//! - `r` client seq → [`RequestOutcome`] of that request;
+//! - `c` client → the time the client was last seen (the leader's clock, ms);
+//! - `t` time client → nothing: clients by the time they were last seen.
+//!
+//! A request says which of its client's earlier requests have their answers
+//! (`answered_below`); apply forgets those. A client silent for
+//! [`REQUEST_RETENTION_MS`] is forgotten whole. Both are bounded per apply, so
+//! one entry never turns into an unbounded amount of work. Everything depends
+//! only on the entry and the stored state: every master keeps the same records.
+
+use super::{storage, MetaStore};
+use crate::entries::{RequestOutcome, RequestTag};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use strata_common::types::{RequestId, CLIENT_ID_BYTES};
+use strata_common::{Error, Result};
+
+pub(super) const CF_REQUESTS: &str = "requests";
+
+/// Results of a client not heard from for this long are forgotten: its retries
+/// run as new requests. Far beyond any client's retry budget.
+pub const REQUEST_RETENTION_MS: i64 = 15 * 60 * 1000;
+/// A client's last-seen time moves only when it is this much older, so most
+/// requests write no more than their result.
+const SEEN_GRANULARITY_MS: i64 = 1000;
+/// Most results one apply forgets, per client.
+const FORGET_PER_APPLY: usize = 256;
+/// Most silent clients one apply forgets.
+const EXPIRE_PER_APPLY: usize = 4;
+
+fn result_key(client: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + CLIENT_ID_BYTES + 8);
+    k.push(b'r');
+    k.extend_from_slice(client);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn client_key(client: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + CLIENT_ID_BYTES);
+    k.push(b'c');
+    k.extend_from_slice(client);
+    k
+}
+
+fn time_key(time_ms: i64, client: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 + CLIENT_ID_BYTES);
+    k.push(b't');
+    k.extend_from_slice(&(time_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(client);
+    k
+}
+
+/// Checks a tag as apply sees it (made by a handler, but read from a log).
+pub(super) fn check_tag(tag: &RequestTag) -> Result<()> {
+    if tag.client.len() != CLIENT_ID_BYTES {
+        return Err(Error::invalid_argument(
+            "request.client",
+            format!("{} bytes, expected {CLIENT_ID_BYTES}", tag.client.len()),
+        ));
+    }
+    if tag.seq == 0 || tag.answered_below > tag.seq {
+        return Err(Error::invalid_argument(
+            "request.seq",
+            format!("seq {} answered below {}", tag.seq, tag.answered_below),
+        ));
+    }
+    Ok(())
+}
+
+/// A recorded outcome as the request's answer.
+pub(super) fn answer_of(outcome: RequestOutcome) -> Result<Vec<u8>> {
+    if outcome.error.is_empty() {
+        return Ok(outcome.reply);
+    }
+    Err(Error::decode(&outcome.error)
+        .unwrap_or_else(|| Error::internal("metastore: corrupt recorded request error")))
+}
+
+impl MetaStore {
+    /// The recorded answer of a request (its reply bytes, or the conflict it met),
+    /// if the request was applied and is still remembered.
+    pub fn request_answer(&self, id: &RequestId) -> Result<Option<Result<Vec<u8>>>> {
+        Ok(self.recorded(&id.client, id.seq)?.map(answer_of))
+    }
+
+    pub(super) fn recorded(&self, client: &[u8], seq: u64) -> Result<Option<RequestOutcome>> {
+        let cf = self.cf(CF_REQUESTS)?;
+        match self
+            .db
+            .get_pinned_cf(cf, result_key(client, seq))
+            .map_err(storage)?
+        {
+            Some(v) => RequestOutcome::decode(&*v)
+                .map(Some)
+                .map_err(|e| Error::internal(format!("metastore: corrupt request record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds to `batch` the answer of `tag`'s request, and forgets the results its
+    /// client has received and the clients silent for too long.
+    pub(super) fn record_request(
+        &self,
+        batch: &mut WriteBatch,
+        tag: &RequestTag,
+        answer: std::result::Result<&[u8], &Error>,
+    ) -> Result<()> {
+        let cf = self.cf(CF_REQUESTS)?;
+        let outcome = match answer {
+            Ok(reply) => RequestOutcome {
+                reply: reply.to_vec(),
+                error: Vec::new(),
+            },
+            Err(e) => RequestOutcome {
+                reply: Vec::new(),
+                error: e.encode(),
+            },
+        };
+        batch.put_cf(
+            cf,
+            result_key(&tag.client, tag.seq),
+            outcome.encode_to_vec(),
+        );
+        self.forget_results(batch, &tag.client, tag.answered_below)?;
+        let seen = match self
+            .db
+            .get_pinned_cf(cf, client_key(&tag.client))
+            .map_err(storage)?
+        {
+            Some(v) => Some(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                Error::internal("metastore: corrupt request client record")
+            })?)),
+            None => None,
+        };
+        if seen.is_none_or(|t| tag.time_ms - t >= SEEN_GRANULARITY_MS) {
+            if let Some(t) = seen {
+                batch.delete_cf(cf, time_key(t, &tag.client));
+            }
+            batch.put_cf(cf, time_key(tag.time_ms, &tag.client), []);
+            batch.put_cf(cf, client_key(&tag.client), tag.time_ms.to_be_bytes());
+        }
+        self.expire_clients(batch, &tag.client, tag.time_ms - REQUEST_RETENTION_MS)
+    }
+
+    /// Deletes up to [`FORGET_PER_APPLY`] of `client`'s results below `below`;
+    /// whether none is left there.
+    fn forget_results(&self, batch: &mut WriteBatch, client: &[u8], below: u64) -> Result<bool> {
+        let cf = self.cf(CF_REQUESTS)?;
+        let mut end = result_key(client, below);
+        if below == u64::MAX {
+            end.push(0); // past the last seq too
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let start = result_key(client, 0);
+        let iter =
+            self.db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward));
+        for (n, item) in iter.enumerate() {
+            let (k, _) = item.map_err(storage)?;
+            if n == FORGET_PER_APPLY {
+                return Ok(false);
+            }
+            batch.delete_cf(cf, k);
+        }
+        Ok(true)
+    }
+
+    /// Forgets clients last seen before `cutoff` (not `current`, seen just now).
+    fn expire_clients(&self, batch: &mut WriteBatch, current: &[u8], cutoff: i64) -> Result<()> {
+        let cf = self.cf(CF_REQUESTS)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(time_key(cutoff, &[]));
+        let mut expired = 0;
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(b"t", Direction::Forward))
+        {
+            let (k, _) = item.map_err(storage)?;
+            if expired == EXPIRE_PER_APPLY {
+                break;
+            }
+            let client = k
+                .get(9..)
+                .filter(|c| c.len() == CLIENT_ID_BYTES)
+                .ok_or_else(|| Error::internal("metastore: corrupt request time record"))?;
+            if client == current {
+                continue;
+            }
+            expired += 1;
+            // A client with more results than one apply forgets keeps its time
+            // record, so the next apply goes on with it.
+            if self.forget_results(batch, client, u64::MAX)? {
+                batch.delete_cf(cf, client_key(client));
+                batch.delete_cf(cf, &k);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entries::{CreateEntry, InodeRecord, JournalEntry, Op};
+
+    const ROOT: u64 = 1;
+
+    fn create(id: u64, name: &str) -> Op {
+        Op::Create(CreateEntry {
+            parent_id: ROOT,
+            path: format!("/{name}"),
+            inodes: vec![InodeRecord {
+                id,
+                parent_id: ROOT,
+                name: name.into(),
+                is_dir: true,
+                ..Default::default()
+            }],
+            expected_parent_version: None,
+        })
+    }
+
+    fn tagged(op: Op, client: u8, seq: u64, answered_below: u64, time_ms: i64) -> JournalEntry {
+        JournalEntry {
+            op: Some(op),
+            request: Some(RequestTag {
+                client: vec![client; CLIENT_ID_BYTES],
+                seq,
+                answered_below,
+                time_ms,
+                reply: format!("reply {seq}").into_bytes(),
+            }),
+        }
+    }
+
+    fn id(client: u8, seq: u64) -> RequestId {
+        RequestId {
+            client: [client; CLIENT_ID_BYTES],
+            seq,
+            answered_below: 0,
+        }
+    }
+
+    fn results(s: &MetaStore) -> usize {
+        s.dump()
+            .unwrap()
+            .iter()
+            .filter(|(cf, k, _)| cf == CF_REQUESTS && k[0] == b'r')
+            .count()
+    }
+
+    #[test]
+    fn a_request_applies_once_and_answers_the_same_after() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let first = s.apply(1, &tagged(create(10, "a"), 1, 1, 0, 1000)).unwrap();
+        assert_eq!(first.replayed, None);
+        let before = s.dump().unwrap();
+        // The same request again, even with another inode id (a second attempt
+        // whose handler ran before the first applied): nothing changes.
+        let again = s.apply(2, &tagged(create(11, "a"), 1, 1, 0, 1001)).unwrap();
+        assert_eq!(again.replayed, Some(Ok(b"reply 1".to_vec())));
+        assert!(s.get_inode(11).unwrap().is_none());
+        let after: Vec<_> = s
+            .dump()
+            .unwrap()
+            .into_iter()
+            .filter(|(cf, k, _)| !(cf == "meta" && k == b"applied_index"))
+            .collect();
+        let before: Vec<_> = before
+            .into_iter()
+            .filter(|(cf, k, _)| !(cf == "meta" && k == b"applied_index"))
+            .collect();
+        assert_eq!(before, after);
+        assert_eq!(
+            s.request_answer(&id(1, 1)).unwrap(),
+            Some(Ok(b"reply 1".to_vec()))
+        );
+        // A conflict is recorded as the answer too, and answered again.
+        let taken = s.apply(3, &tagged(create(12, "a"), 2, 1, 0, 1000));
+        assert!(
+            matches!(taken, Err(Error::AlreadyExists { .. })),
+            "{taken:?}"
+        );
+        let again = s.apply(4, &tagged(create(13, "b"), 2, 1, 0, 1000)).unwrap();
+        assert!(matches!(
+            again.replayed,
+            Some(Err(Error::AlreadyExists { .. }))
+        ));
+        assert!(s.get_inode(13).unwrap().is_none());
+        assert_eq!(s.applied_index().unwrap(), 4);
+    }
+
+    #[test]
+    fn answered_results_and_silent_clients_are_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let mut index = 0;
+        let mut apply = |e: JournalEntry| {
+            index += 1;
+            s.apply(index, &e)
+        };
+        for seq in 1..=5 {
+            apply(tagged(
+                create(10 + seq, &format!("a{seq}")),
+                1,
+                seq,
+                1,
+                1000,
+            ))
+            .unwrap();
+        }
+        assert_eq!(results(&s), 5);
+        // Client 1 has every answer below 5: four results go.
+        apply(tagged(create(20, "b"), 1, 6, 5, 1000)).unwrap();
+        assert_eq!(results(&s), 2);
+        assert!(s.request_answer(&id(1, 4)).unwrap().is_none());
+        assert!(s.request_answer(&id(1, 5)).unwrap().is_some());
+        // Client 2 speaks long after: client 1, silent since, is forgotten whole.
+        let late = 1000 + REQUEST_RETENTION_MS + 1;
+        apply(tagged(create(21, "c"), 2, 1, 1, late)).unwrap();
+        assert_eq!(results(&s), 1);
+        assert!(s.request_answer(&id(1, 6)).unwrap().is_none());
+        assert!(s.request_answer(&id(2, 1)).unwrap().is_some());
+        let keys: Vec<_> = s
+            .dump()
+            .unwrap()
+            .into_iter()
+            .filter(|(cf, _, _)| cf == CF_REQUESTS)
+            .map(|(_, k, _)| k[0])
+            .collect();
+        assert_eq!(keys, [b'c', b'r', b't'], "only client 2's records remain");
+    }
+
+    #[test]
+    fn a_client_with_many_results_is_forgotten_over_several_applies() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let n = FORGET_PER_APPLY as u64 + 10;
+        for seq in 1..=n {
+            // Nothing answered: every result stays.
+            s.apply(
+                seq,
+                &tagged(create(100 + seq, &format!("f{seq}")), 1, seq, 1, 0),
+            )
+            .unwrap();
+        }
+        assert_eq!(results(&s), n as usize);
+        let late = REQUEST_RETENTION_MS + 1;
+        s.apply(n + 1, &tagged(create(1, "x"), 2, 1, 1, late)).ok();
+        assert_eq!(results(&s), 10 + 1);
+        s.apply(n + 2, &tagged(create(2, "y"), 2, 2, 1, late)).ok();
+        assert_eq!(results(&s), 2, "client 2's two results");
+    }
+
+    #[test]
+    fn a_damaged_tag_is_refused_without_effect() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        let mut e = tagged(create(10, "a"), 1, 3, 4, 0);
+        assert!(matches!(s.apply(1, &e), Err(Error::InvalidArgument { .. })));
+        e.request.as_mut().unwrap().answered_below = 1;
+        e.request.as_mut().unwrap().client.pop();
+        assert!(matches!(s.apply(2, &e), Err(Error::InvalidArgument { .. })));
+        assert!(s.get_inode(10).unwrap().is_none());
+        assert_eq!(s.applied_index().unwrap(), 2);
+    }
+}
