@@ -251,6 +251,11 @@ pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
     {
         println!("Formatted journal {}", journal.display());
     }
+    let snapshots = strata_master::journal::snapshot::folder_for(&journal);
+    if snapshots.exists() {
+        std::fs::remove_dir_all(&snapshots)?;
+        println!("Formatted journal snapshots {}", snapshots.display());
+    }
     let meta = cfg.metastore_dir();
     if meta.exists() {
         // Opening takes RocksDB's lock: this fails while a master runs on it.

@@ -1,7 +1,7 @@
 //! `strata fsadmin`: the state of the cluster's masters.
 
 use clap::{Args, Subcommand};
-use strata_client::admin::journal_reports;
+use strata_client::admin::{checkpoint, journal_reports};
 use strata_client::SiteConfig;
 use strata_common::types::{JournalReport, JournalRole};
 use strata_common::units::format_bytes;
@@ -33,13 +33,61 @@ pub enum FsadminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The journal.
+    Journal {
+        /// The command.
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+/// `strata fsadmin journal` commands.
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Takes a snapshot of the leading master's state machine now (of the master
+    /// named by `--master`, if given) and compacts its log behind it.
+    Checkpoint {
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs an fsadmin command; the exit code is the result.
 pub async fn run(cfg: SiteConfig, cmd: &FsadminCommand) -> anyhow::Result<i32> {
     match cmd {
         FsadminCommand::Report { json } => report(&cfg, *json).await,
+        FsadminCommand::Journal {
+            command: JournalCommand::Checkpoint { json },
+        } => journal_checkpoint(&cfg, *json).await,
     }
+}
+
+async fn journal_checkpoint(cfg: &SiteConfig, json: bool) -> anyhow::Result<i32> {
+    let addr = if cfg.master_addresses.len() == 1 {
+        cfg.master_addresses[0].clone()
+    } else {
+        let reports = journal_reports(cfg).await;
+        match reports
+            .into_iter()
+            .find(|(_, r)| matches!(r, Ok(r) if r.role == JournalRole::Leader))
+        {
+            Some((addr, _)) => addr,
+            None => anyhow::bail!(
+                "no master leads the journal now; try again, or name one with --master"
+            ),
+        }
+    };
+    let (index, term) = checkpoint(cfg, &addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{addr}: cannot take a checkpoint: {e}"))?;
+    if json {
+        let out = serde_json::json!({ "address": addr, "index": index, "term": term });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("Checkpoint of {addr}: snapshot at entry {index} (term {term}); log compacted behind it");
+    }
+    Ok(0)
 }
 
 async fn report(cfg: &SiteConfig, json: bool) -> anyhow::Result<i32> {

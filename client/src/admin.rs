@@ -26,3 +26,14 @@ pub async fn journal_reports(conf: &SiteConfig) -> Vec<(String, Result<JournalRe
     });
     futures::future::join_all(asks).await
 }
+
+/// Has the master at `addr` take a snapshot of its state machine now and compact
+/// its log behind it; the snapshot's last index and term.
+pub async fn checkpoint(conf: &SiteConfig, addr: &str) -> Result<(u64, u64)> {
+    let mut client = MasterAdminClient::new(channel(addr, &conf.client, None)?);
+    let resp = client
+        .checkpoint(proto::CheckpointRequest {})
+        .await?
+        .into_inner();
+    Ok((resp.index, resp.term))
+}

@@ -44,6 +44,14 @@ impl MasterAdmin for AdminService {
         let report = strata_common::types::JournalReport::from(self.journal.status());
         ok(report.into())
     }
+
+    async fn checkpoint(
+        &self,
+        _req: Request<proto::CheckpointRequest>,
+    ) -> Answer<proto::CheckpointResponse> {
+        let (index, term) = self.journal.checkpoint().await?;
+        ok(proto::CheckpointResponse { index, term })
+    }
 }
 
 fn ok<T>(v: T) -> Answer<T> {

@@ -52,6 +52,7 @@ const ALL_CFS: [&str; 8] = [
 ];
 
 mod requests;
+mod snapshot;
 pub use requests::REQUEST_RETENTION_MS;
 
 /// Memory all of the metastore's memtables may use together.
@@ -136,7 +137,7 @@ pub struct MetaStore {
     generation: AtomicU64,
     mounts: RwLock<Vec<MountRecord>>,
     cluster_id: RwLock<String>,
-    upgraded: bool,
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl MetaStore {
@@ -168,21 +169,29 @@ impl MetaStore {
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::unavailable(format!("cannot open metastore {}: {e}", dir.display()))
         })?;
-        let mut store = MetaStore {
+        let store = MetaStore {
             db,
             inode_cache: Cache::new(cache_entries),
             edge_cache: Cache::new(cache_entries),
             generation: AtomicU64::new(0),
             mounts: RwLock::new(Vec::new()),
             cluster_id: RwLock::new(String::new()),
-            upgraded: false,
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         };
         store.ensure_root()?;
         store.ensure_incomplete_index()?;
-        store.cluster_id = RwLock::new(store.ensure_cluster_id()?);
-        store.upgraded = store.get_meta(KEY_CLUSTER_ID_UPGRADED)? != 0;
-        store.load_mounts()?;
+        store.reload_after_install()?;
         Ok(store)
+    }
+
+    /// Reads what is kept in memory (cluster id, mount table) from the stored state.
+    fn reload_after_install(&self) -> Result<()> {
+        *self.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = self.ensure_cluster_id()?;
+        self.upgraded.store(
+            self.get_meta(KEY_CLUSTER_ID_UPGRADED)? != 0,
+            Ordering::Release,
+        );
+        self.load_mounts()
     }
 
     /// The cluster's id, made once when the store is formatted: every block a
@@ -207,7 +216,7 @@ impl MetaStore {
     /// Whether the cluster id was made for a store that already had a history: worker
     /// storage with no id then holds this cluster's blocks, and keeps them.
     pub fn adopts_unclaimed_storage(&self) -> bool {
-        self.upgraded
+        self.upgraded.load(Ordering::Acquire)
     }
 
     /// The cluster's id.

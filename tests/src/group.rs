@@ -75,6 +75,8 @@ pub struct Group {
     addrs: BTreeMap<u64, SocketAddr>,
     tick: Duration,
     root: TempDir,
+    /// Log compaction of members started from now on: (compact after, keep).
+    pub compaction: (u64, u64),
 }
 
 impl Group {
@@ -87,11 +89,13 @@ impl Group {
                 .expect("a loopback port");
             addrs.insert(id, l.local_addr().expect("address"));
         }
+        let single = RaftOptions::single();
         let mut group = Group {
             members: Vec::new(),
             addrs,
             tick,
             root: tempfile::tempdir().expect("temp dir"),
+            compaction: (single.compact_after, single.keep_entries),
         };
         for id in 1..=n {
             group.start_member(id).await;
@@ -120,6 +124,8 @@ impl Group {
                 .map(|(k, a)| (*k, a.to_string()))
                 .collect(),
             tick: self.tick,
+            compact_after: self.compaction.0,
+            keep_entries: self.compaction.1,
             ..RaftOptions::single()
         };
         let journal = Arc::new(
@@ -144,6 +150,13 @@ impl Group {
             stop,
             server,
         });
+    }
+
+    /// Erases the data of stopped member `id` (metastore, log, snapshots), as a
+    /// format would: it starts again empty and catches up from the others.
+    pub fn wipe_member(&self, id: u64) {
+        assert!(self.members.iter().all(|m| m.id != id), "member {id} runs");
+        std::fs::remove_dir_all(self.dir(id)).expect("wipe");
     }
 
     /// Stops member `id`; returns whether it was running.

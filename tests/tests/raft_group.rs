@@ -402,3 +402,72 @@ async fn reads_during_an_election_are_answered() {
         .unwrap();
     g.stop().await;
 }
+
+/// A member whose data was wiped (a format) while the others compacted their
+/// logs cannot catch up from the log: it receives the leader's snapshot, streamed
+/// in chunks, installs it and goes on from the log. Then it serves as leader
+/// with the whole state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_catches_up_through_a_snapshot_and_can_lead() {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    g.compaction = (30, 5);
+    // Members restart with small logs: snapshots come every 30 entries.
+    for id in 1..=3 {
+        assert!(g.stop_member(id).await);
+        g.start_member(id).await;
+    }
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 2..42).await;
+    g.caught_up().await;
+    let leader_id = g.leader().await.id;
+    let wiped = g.members.iter().find(|m| m.id != leader_id).unwrap().id;
+    assert!(g.stop_member(wiped).await);
+    g.wipe_member(wiped);
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 42..102).await;
+    let first = g.leader().await.journal.status().first_index;
+    assert!(
+        first > 2,
+        "the leader's log is compacted (starts at {first})"
+    );
+
+    g.start_member(wiped).await;
+    g.leader().await;
+    g.caught_up().await;
+    assert_identical(&g, 100);
+    let status = g
+        .members
+        .iter()
+        .find(|m| m.id == wiped)
+        .unwrap()
+        .journal
+        .status();
+    assert!(
+        status.first_index > 2,
+        "it started from a snapshot, not from entry 1: {status:?}"
+    );
+
+    // The others stop in turn until the caught-up member leads (two of three
+    // are always running): it serves everything, and goes on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = g.leader().await.id;
+        if leader == wiped {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "it never led");
+        assert!(g.stop_member(leader).await);
+        let now = g.leader().await.id;
+        if now == wiped {
+            break;
+        }
+        g.start_member(leader).await;
+        g.caught_up().await;
+    }
+    let leader = g.leader().await;
+    assert_eq!(leader.names().len(), 100);
+    let journal = leader.journal.clone();
+    propose_many(&journal, 102..112).await;
+    assert_eq!(g.leader().await.names().len(), 110);
+    g.stop().await;
+}

@@ -16,10 +16,11 @@
 //! fixed at the log's creation (a metastore this log did not feed is never fed
 //! its entries).
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Options, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use strata_common::{Error, Result};
 
@@ -28,6 +29,8 @@ const KEY_CONF: &[u8] = b"m/conf";
 const KEY_BASE: &[u8] = b"m/base";
 const KEY_NODE: &[u8] = b"m/node";
 const KEY_PAIRING: &[u8] = b"m/pairing";
+/// Set while a snapshot from a peer is being installed: index and term.
+const KEY_INSTALLING: &[u8] = b"m/installing";
 const ENTRY_PREFIX: u8 = b'e';
 
 /// Largest entry the log accepts or reads back; a bigger one on disk is corruption.
@@ -65,6 +68,12 @@ pub struct LogStore {
     opts: Options,
     dir: PathBuf,
     core: RwLock<Core>,
+    /// The latest snapshot of the state machine on disk, offered to peers too far
+    /// behind for the log.
+    snapshot: RwLock<Option<SnapshotMetadata>>,
+    /// Raft asked for a snapshot and there was none recent enough: the node's
+    /// thread takes one.
+    snapshot_wanted: AtomicBool,
 }
 
 impl LogStore {
@@ -88,6 +97,8 @@ impl LogStore {
             opts,
             dir: dir.to_path_buf(),
             core: RwLock::new(Core::default()),
+            snapshot: RwLock::new(None),
+            snapshot_wanted: AtomicBool::new(false),
         };
         if let Some(v) = store.get(KEY_NODE)? {
             let id = u64_of(&v).ok_or_else(|| store.damaged("its node id is corrupt"))?;
@@ -419,6 +430,79 @@ impl LogStore {
         Ok(())
     }
 
+    /// The latest snapshot on disk, as offered to peers.
+    pub fn set_snapshot(&self, meta: Option<SnapshotMetadata>) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = meta;
+    }
+
+    /// The latest snapshot offered to peers.
+    pub fn latest_snapshot(&self) -> Option<SnapshotMetadata> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether Raft asked for a snapshot none could answer (and forgets it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// The membership as recorded.
+    pub fn conf_state(&self) -> ConfState {
+        self.core().conf.clone()
+    }
+
+    /// The term of entry `index`, which must be held or be the compaction point.
+    pub fn term_at(&self, index: u64) -> Result<u64> {
+        self.term_of(index)
+    }
+
+    /// The snapshot (index, term) whose installation was cut short, if one was.
+    pub fn installing(&self) -> Result<Option<(u64, u64)>> {
+        match self.get(KEY_INSTALLING)? {
+            Some(v) => {
+                Ok(Some(unpair(&v).ok_or_else(|| {
+                    self.damaged("its installation record is corrupt")
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records that snapshot (`index`, `term`) is about to replace the state
+    /// machine: until [`LogStore::finish_install`], the state machine is not
+    /// to be trusted.
+    pub fn begin_install(&self, index: u64, term: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_INSTALLING, pair(index, term));
+        self.write(batch, true)
+    }
+
+    /// After the state machine became snapshot (`index`, `term`): the log
+    /// restarts after it (every entry it held is dropped; what follows comes
+    /// from the leader), the commit index reaches it, and the installation
+    /// record goes.
+    pub fn finish_install(&self, index: u64, term: u64) -> Result<()> {
+        let mut hard = self.core().hard.clone();
+        hard.commit = hard.commit.max(index);
+        hard.term = hard.term.max(term);
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_BASE, pair(index, term));
+        batch.put(KEY_HARD, encode(&hard)?);
+        batch.delete_range(entry_key(0), entry_key(u64::MAX));
+        batch.delete(entry_key(u64::MAX));
+        batch.delete(KEY_INSTALLING);
+        self.write(batch, true)?;
+        let mut c = self.core.write().unwrap_or_else(|p| p.into_inner());
+        c.hard = hard;
+        c.base_index = index;
+        c.base_term = term;
+        c.last_index = index;
+        c.last_term = term;
+        Ok(())
+    }
+
     fn read_entry(&self, index: u64) -> Result<Entry> {
         let v = self
             .get(&entry_key(index))?
@@ -557,12 +641,22 @@ impl raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Sending the state machine to a peer arrives with multi-master support;
-        // a single-voter group never asks.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The latest snapshot on disk, by its metadata only: the peer fetches the
+    /// files itself (`RaftPeer.FetchSnapshot`) before its node sees the message.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match self.latest_snapshot() {
+            Some(meta) if meta.index >= request_index && meta.index >= self.core().base_index => {
+                let mut s = Snapshot::default();
+                s.set_metadata(meta);
+                Ok(s)
+            }
+            _ => {
+                self.snapshot_wanted.store(true, Ordering::Release);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }
 

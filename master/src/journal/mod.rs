@@ -9,6 +9,7 @@
 pub mod log;
 mod logger;
 pub mod raft;
+pub mod snapshot;
 pub mod transport;
 
 use crate::entries::JournalEntry;

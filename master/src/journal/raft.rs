@@ -14,11 +14,12 @@
 //! on is refused, and the master stops serving, to recover from the log on restart.
 
 use super::log::LogStore;
+use super::snapshot::{self, Snapshots};
 use super::Journal;
 use crate::entries::JournalEntry;
 use crate::store::{is_storage_failure, Applied, MetaStore};
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, MessageType, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -203,6 +204,13 @@ enum Msg {
     Raft(Vec<raft::eraftpb::Message>),
     /// A read wants the index it must see applied (ReadIndex).
     Read(oneshot::Sender<Result<u64>>),
+    /// Take a snapshot now; answered with its index and term.
+    Checkpoint(oneshot::Sender<Result<(u64, u64)>>),
+    /// How sending a snapshot to a peer went.
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
     Stop,
     /// Tests: a storage failure as the thread would meet it.
     #[cfg(test)]
@@ -217,6 +225,8 @@ enum Msg {
 pub struct RaftJournal {
     id: u64,
     voters: Vec<u64>,
+    peers: BTreeMap<u64, String>,
+    snapshots: Snapshots,
     applied: watch::Receiver<u64>,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     shared: Arc<Shared>,
@@ -257,21 +267,38 @@ impl RaftJournal {
                 ),
             ));
         }
+        let (tx, rx) = mpsc::channel();
         let transport = if opts.peers.is_empty() {
             None
         } else {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::internal("journal: a group of several masters needs a tokio runtime")
             })?;
-            Some(super::transport::Transport::start(&opts.peers, &runtime))
+            let reports = Mutex::new(tx.clone());
+            let report: super::transport::SnapshotReport = Box::new(move |to, ok| {
+                let tx = reports.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = tx.send(Msg::SnapshotSent { to, ok });
+            });
+            Some(super::transport::Transport::start(
+                &opts.peers,
+                &runtime,
+                report,
+            ))
         };
-        let applied = store.applied_index()?;
+        let (snapshots, _) = Snapshots::open(dir)?;
+        let mut applied = store.applied_index()?;
         if applied > 0 {
             // The log may be rebased on what the metastore applied: make that
             // durable first.
             store.sync()?;
         }
         let log = LogStore::open(dir, opts.id)?;
+        // An election lasts at most twice the election timeout before its
+        // candidate moves to a new term; a new member abstains that long.
+        let abstain_until = (log.is_new()? && opts.voters.len() > 1).then(|| {
+            Instant::now()
+                + opts.tick * (2 * opts.election_ticks as u32 + opts.heartbeat_ticks as u32)
+        });
         if log.is_new()? {
             if applied > 0 && opts.voters.len() > 1 {
                 // A log made up for a history would claim no vote and an old
@@ -309,7 +336,24 @@ impl RaftJournal {
                 store.set_journal_pairing(&pairing)?;
             }
         }
+        if let Some((index, term)) = log.installing()? {
+            // Cut short while a snapshot from a peer replaced the metastore: the
+            // installation is done again from the files received.
+            tracing::warn!(
+                index,
+                term,
+                "journal: finishing the installation of a snapshot"
+            );
+            let staged = snapshots.incoming(index, term);
+            let meta = snapshot::read_meta(&staged)?;
+            store.install_checkpoint(&staged, index, &snapshots.work())?;
+            log.finish_install(index, term)?;
+            snapshots.adopt_incoming(&meta)?;
+            applied = index;
+        }
         log.load(&opts.voters, applied)?;
+        // Read again: an installation finished above made a newer one.
+        log.set_snapshot(Snapshots::open(dir)?.1);
         // Entries the metastore applied were committed, whatever the (unsynced)
         // commit index on disk says.
         log.set_commit(applied)?;
@@ -329,7 +373,6 @@ impl RaftJournal {
         let logger = super::logger::raft_logger();
         let node = RawNode::new(&cfg, log, &logger)
             .map_err(|e| Error::internal(format!("journal: cannot start the Raft node: {e}")))?;
-        let (tx, rx) = mpsc::channel();
         let (serving_tx, serving) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(applied);
         let shared = Arc::new(Shared::default());
@@ -348,6 +391,9 @@ impl RaftJournal {
             next_read_round: 0,
             read_term: 0,
             applied_tx,
+            snapshots: snapshots.clone(),
+            checkpoints_waiting: Vec::new(),
+            abstain_until,
         };
         let thread = std::thread::Builder::new()
             .name(format!("strata-raft-{}", opts.id))
@@ -356,6 +402,8 @@ impl RaftJournal {
         Ok(RaftJournal {
             id: opts.id,
             voters: opts.voters.clone(),
+            peers: opts.peers.clone(),
+            snapshots,
             applied: applied_rx,
             tx: Mutex::new(Some(tx)),
             shared,
@@ -389,6 +437,42 @@ impl RaftJournal {
         self.id
     }
 
+    /// The Raft address of group member `id` (not this master).
+    pub fn peer_address(&self, id: u64) -> Option<&str> {
+        self.peers.get(&id).map(String::as_str)
+    }
+
+    /// This master's snapshots on disk.
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+
+    /// The applied index now.
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied.load(Ordering::Acquire)
+    }
+
+    /// Takes a snapshot of the state machine now (or answers the latest, when
+    /// nothing was applied since) and compacts the log behind it; its index and
+    /// term.
+    pub async fn checkpoint(&self) -> Result<(u64, u64)> {
+        let (reply, answer) = oneshot::channel();
+        self.send_msg(Msg::Checkpoint(reply))?;
+        answer
+            .await
+            .map_err(|_| Error::unavailable("the journal stopped during a checkpoint"))?
+    }
+
+    fn send_msg(&self, msg: Msg) -> Result<()> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(tx) if tx.send(msg).is_ok() => Ok(()),
+            _ => Err(self
+                .failure()
+                .unwrap_or_else(|| Error::unavailable("the journal has stopped"))),
+        }
+    }
+
     /// The group's members.
     pub fn voters(&self) -> &[u64] {
         &self.voters
@@ -396,13 +480,7 @@ impl RaftJournal {
 
     /// Hands messages from peers to the node.
     pub fn deliver(&self, msgs: Vec<raft::eraftpb::Message>) -> Result<()> {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        match tx.as_ref() {
-            Some(tx) if tx.send(Msg::Raft(msgs)).is_ok() => Ok(()),
-            _ => Err(self
-                .failure()
-                .unwrap_or_else(|| Error::unavailable("the journal has stopped"))),
-        }
+        self.send_msg(Msg::Raft(msgs))
     }
 
     /// The storage failure that stopped the journal, if one did.
@@ -590,6 +668,11 @@ struct Driver {
     read_term: u64,
     /// The applied index, for reads waiting to see it.
     applied_tx: watch::Sender<u64>,
+    snapshots: Snapshots,
+    /// Asked for a snapshot now.
+    checkpoints_waiting: Vec<oneshot::Sender<Result<(u64, u64)>>>,
+    /// Until when votes are refused (a new log in a group: see `Msg::Raft`).
+    abstain_until: Option<Instant>,
 }
 
 impl Driver {
@@ -659,7 +742,7 @@ impl Driver {
                     .store(self.node.store().disk_bytes(), Ordering::Release);
             }
             self.start_read_round();
-            if let Err(e) = self.on_ready() {
+            if let Err(e) = self.on_ready().and_then(|()| self.compact()) {
                 // Nothing more can be made durable or applied: the thread ends,
                 // every waiting and later proposal is refused with this error.
                 self.fail(e);
@@ -674,6 +757,19 @@ impl Driver {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => false,
+            Msg::Checkpoint(reply) => {
+                self.checkpoints_waiting.push(reply);
+                true
+            }
+            Msg::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+                true
+            }
             Msg::Read(reply) => {
                 if self.node.raft.state == StateRole::Leader {
                     self.reads_waiting.push(reply);
@@ -685,7 +781,29 @@ impl Driver {
                 true
             }
             Msg::Raft(msgs) => {
-                for m in msgs {
+                for mut m in msgs {
+                    match m.get_msg_type() {
+                        MessageType::MsgHeartbeat => {
+                            // A leader that knew this master before its data was
+                            // wiped (a format) believes it holds entries it lost,
+                            // and names a commit index past its log, which Raft
+                            // takes for a corrupt log. Such a heartbeat commits
+                            // nothing: entries come again by append or snapshot.
+                            let log = &self.node.raft.raft_log;
+                            if m.commit > log.last_index() {
+                                m.commit = log.committed;
+                            }
+                        }
+                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                            if self.abstain_until.is_some_and(|t| Instant::now() < t) =>
+                        {
+                            // A master formatted into a running group does not know
+                            // whom it voted for before: it stays out of elections
+                            // until any it might have voted in are over.
+                            continue;
+                        }
+                        _ => {}
+                    }
                     if let Err(e) = self.node.step(m) {
                         // A message from a term long gone, or for a peer that is not
                         // a member: dropped, as Raft expects.
@@ -743,9 +861,8 @@ impl Driver {
             }
         }
         if !ready.snapshot().is_empty() {
-            return Err(Error::internal(
-                "journal: installing a snapshot from a peer is not supported yet",
-            ));
+            let meta = ready.snapshot().get_metadata().clone();
+            self.install_snapshot(&meta)?;
         }
         self.apply(ready.take_committed_entries())?;
         let appended = ready.entries().len() as u64;
@@ -770,7 +887,6 @@ impl Driver {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
-        self.compact()?;
         Ok(())
     }
 
@@ -830,20 +946,106 @@ impl Driver {
         }
     }
 
-    /// Drops applied entries from the log once it holds many, after making the
-    /// metastore durable up to them.
+    /// Once the log holds many applied entries (or a snapshot was asked for):
+    /// takes a snapshot of the state machine and drops the entries behind it,
+    /// keeping the last `keep_entries` for peers a little behind.
     fn compact(&mut self) -> Result<()> {
         let applied = self.node.raft.raft_log.applied;
         let first = self.node.store().first();
-        if applied + 1 < first + self.opts.compact_after {
+        let due = applied + 1 >= first + self.opts.compact_after;
+        let wanted = self.node.store().take_snapshot_wanted();
+        if !due && !wanted && self.checkpoints_waiting.is_empty() {
             return Ok(());
         }
-        let to = applied.saturating_sub(self.opts.keep_entries);
+        let snap = match self.snapshot_now() {
+            Ok(s) => s,
+            Err(e) => {
+                // Not fatal: the log keeps its entries until a snapshot succeeds.
+                tracing::error!("journal: cannot take a snapshot: {e}");
+                for reply in self.checkpoints_waiting.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return Ok(());
+            }
+        };
+        for reply in self.checkpoints_waiting.drain(..) {
+            let _ = reply.send(Ok((snap.index, snap.term)));
+        }
+        let to = applied
+            .saturating_sub(self.opts.keep_entries)
+            .min(snap.index);
         if to < first {
             return Ok(());
         }
         self.store.sync()?;
         self.node.store().compact(to)?;
+        Ok(())
+    }
+
+    /// A snapshot of everything the metastore applied: the latest one if it is
+    /// that recent, else a new one (the thread applies nothing meanwhile, so the
+    /// checkpoint holds exactly the entries up to the metastore's applied index;
+    /// entries Raft applied after it are empty ones, which change no state and
+    /// stay in the log).
+    fn snapshot_now(&mut self) -> Result<SnapshotMetadata> {
+        let applied = self.store_applied;
+        let log = self.node.store();
+        if let Some(latest) = log.latest_snapshot() {
+            if latest.index >= applied {
+                return Ok(latest);
+            }
+        }
+        if applied == 0 {
+            return Err(Error::unavailable(
+                "nothing is applied yet, so there is nothing to take a snapshot of",
+            ));
+        }
+        let meta = SnapshotMetadata {
+            index: applied,
+            term: log.term_at(applied)?,
+            conf_state: Some(log.conf_state()).into(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        self.snapshots.take(&self.store, &meta)?;
+        log.set_snapshot(Some(meta.clone()));
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            took_ms = started.elapsed().as_millis() as u64,
+            "journal: snapshot taken"
+        );
+        Ok(meta)
+    }
+
+    /// Replaces the state machine with the snapshot received from the leader
+    /// (its files are in the incoming folder: the transport fetched them before
+    /// it handed the message over). Marked in the log first, so a crash in the
+    /// middle is finished at the next start.
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        let staged = self.snapshots.incoming(meta.index, meta.term);
+        if !staged.exists() {
+            return Err(Error::internal(format!(
+                "journal: snapshot {} of term {} was accepted but its files were not received",
+                meta.index, meta.term
+            )));
+        }
+        let started = Instant::now();
+        let log = self.node.store();
+        log.begin_install(meta.index, meta.term)?;
+        self.store
+            .install_checkpoint(&staged, meta.index, &self.snapshots.work())?;
+        log.finish_install(meta.index, meta.term)?;
+        self.snapshots.adopt_incoming(meta)?;
+        log.set_snapshot(Some(meta.clone()));
+        self.store_applied = meta.index;
+        self.shared.applied.store(meta.index, Ordering::Release);
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            took_ms = started.elapsed().as_millis() as u64,
+            "journal: installed a snapshot from the leader"
+        );
         Ok(())
     }
 

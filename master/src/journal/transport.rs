@@ -5,11 +5,20 @@
 //! call drops the messages, and Raft sends again (heartbeats, append retries).
 //! Receiving: [`RaftPeerService`] decodes each message, checks it is addressed to
 //! this master, and hands it to the node's thread.
+//!
+//! Snapshots: a snapshot message carries only the snapshot's metadata. It is sent
+//! in a call of its own; the receiver first fetches the snapshot's files from the
+//! sender (`FetchSnapshot`, a stream of chunks, checked as they arrive) into its
+//! incoming folder, then hands the message to its node, which installs them; the
+//! call's outcome is reported to the sender's node (`report_snapshot`), so a
+//! failed transfer is tried again.
 
 use super::raft::RaftJournal;
+use super::snapshot::{self, MAX_FILES};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_common::proto::{
@@ -27,6 +36,15 @@ const BATCH: usize = 256;
 pub const MAX_BATCH_MESSAGES: usize = 4096;
 /// Most bytes of messages in one call (under the gRPC limit).
 const MAX_CALL_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+/// Bytes of snapshot file in one chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Longest a snapshot transfer (fetch and hand-over) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Largest snapshot file accepted (a checkpoint's table files are far smaller).
+const MAX_SNAPSHOT_FILE_BYTES: u64 = 1 << 40;
+
+/// Tells the node how sending a snapshot to peer `to` went.
+pub type SnapshotReport = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 /// The sending side: a queue and a task per peer.
 pub struct Transport {
@@ -34,12 +52,18 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts a sender task per peer (`id → host:port`) on `runtime`.
-    pub fn start(peers: &BTreeMap<u64, String>, runtime: &tokio::runtime::Handle) -> Transport {
+    /// Starts a sender task per peer (`id → host:port`) on `runtime`; how each
+    /// snapshot sent went is told to `report`.
+    pub fn start(
+        peers: &BTreeMap<u64, String>,
+        runtime: &tokio::runtime::Handle,
+        report: SnapshotReport,
+    ) -> Transport {
+        let report = Arc::new(report);
         let mut queues = BTreeMap::new();
         for (&id, addr) in peers {
             let (tx, rx) = mpsc::channel(QUEUE);
-            runtime.spawn(send_loop(id, addr.clone(), rx));
+            runtime.spawn(send_loop(id, addr.clone(), rx, report.clone()));
             queues.insert(id, tx);
         }
         Transport { queues }
@@ -60,27 +84,86 @@ impl Transport {
     }
 }
 
-async fn send_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Message>) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5))
-            .tcp_nodelay(true),
+fn peer_client(endpoint: &tonic::transport::Endpoint) -> RaftPeerClient<tonic::transport::Channel> {
+    RaftPeerClient::new(endpoint.connect_lazy())
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true))
+        .map_err(|e| Error::invalid_argument("peer address", format!("{addr}: {e}")))
+}
+
+/// Sends a snapshot message in a call of its own (the receiver fetches the files
+/// before it answers) and reports how it went.
+async fn send_snapshot(
+    to: u64,
+    client: &mut RaftPeerClient<tonic::transport::Channel>,
+    m: Message,
+    report: &SnapshotReport,
+) {
+    let index = m.get_snapshot().get_metadata().index;
+    let ok = match m.write_to_bytes() {
+        Ok(b) => {
+            let mut req = Request::new(proto::RaftBatch {
+                messages: vec![b.into()],
+            });
+            req.set_timeout(SNAPSHOT_TIMEOUT);
+            match client.send(req).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        to,
+                        index,
+                        "raft: sending a snapshot failed: {}",
+                        e.message()
+                    );
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(to, "raft: a snapshot message cannot be encoded: {e}");
+            false
+        }
+    };
+    report(to, ok);
+}
+
+async fn send_loop(
+    to: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+    report: Arc<SnapshotReport>,
+) {
+    let endpoint = match endpoint(&addr) {
+        Ok(e) => e,
         Err(e) => {
             tracing::error!(to, %addr, "raft: a peer address that cannot be used: {e}");
             return;
         }
     };
-    let mut client = RaftPeerClient::new(endpoint.connect_lazy())
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = peer_client(&endpoint.clone().timeout(Duration::from_secs(5)));
+    let mut snapshot_client = peer_client(&endpoint);
     let mut failing = false;
     // A message that did not fit the previous call goes first in the next.
     let mut carried: Option<Vec<u8>> = None;
+    // A snapshot met while a batch was filling goes after it.
+    let mut carried_snapshot: Option<Message> = None;
     loop {
+        if let Some(m) = carried_snapshot.take() {
+            send_snapshot(to, &mut snapshot_client, m, &report).await;
+            continue;
+        }
         let first = match carried.take() {
             Some(b) => b,
             None => match rx.recv().await {
+                Some(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
+                    send_snapshot(to, &mut snapshot_client, m, &report).await;
+                    continue;
+                }
                 Some(m) => match m.write_to_bytes() {
                     Ok(b) => b,
                     Err(e) => {
@@ -99,6 +182,10 @@ async fn send_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Message>) {
         let mut messages = vec![first.into()];
         while messages.len() < BATCH {
             let Ok(m) = rx.try_recv() else { break };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                carried_snapshot = Some(m);
+                break;
+            }
             match m.write_to_bytes() {
                 Ok(b) if bytes + b.len() <= MAX_CALL_BYTES => {
                     bytes += b.len();
@@ -188,8 +275,221 @@ impl RaftPeer for RaftPeerService {
         req: Request<proto::RaftBatch>,
     ) -> std::result::Result<Response<proto::RaftBatchAck>, Status> {
         let msgs = decode_batch(self.journal.id(), self.journal.voters(), &req.into_inner())?;
+        for m in &msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.receive_snapshot(m).await?;
+            }
+        }
         self.journal.deliver(msgs)?;
         Ok(Response::new(proto::RaftBatchAck {}))
+    }
+
+    type FetchSnapshotStream =
+        tokio_stream::wrappers::ReceiverStream<std::result::Result<proto::SnapshotChunk, Status>>;
+
+    async fn fetch_snapshot(
+        &self,
+        req: Request<proto::FetchSnapshotRequest>,
+    ) -> std::result::Result<Response<Self::FetchSnapshotStream>, Status> {
+        let req = req.into_inner();
+        let files = self.journal.snapshots().open_files(req.index, req.term)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || stream_files(files, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+}
+
+/// Sends `files` as chunks into `tx` (on a blocking thread: plain file reads).
+fn stream_files(
+    files: Vec<(String, std::fs::File, u64)>,
+    tx: mpsc::Sender<std::result::Result<proto::SnapshotChunk, Status>>,
+) {
+    use std::io::Read as _;
+    let count = files.len() as u32;
+    for (name, mut file, len) in files {
+        let mut offset = 0u64;
+        loop {
+            let want = (len - offset).min(SNAPSHOT_CHUNK as u64) as usize;
+            let mut data = vec![0u8; want];
+            if let Err(e) = file.read_exact(&mut data) {
+                let _ =
+                    tx.blocking_send(Err(Status::internal(format!("snapshot file {name}: {e}"))));
+                return;
+            }
+            let chunk = proto::SnapshotChunk {
+                file: name.clone(),
+                file_length: len,
+                offset,
+                data: data.into(),
+                done: false,
+                files: 0,
+            };
+            if tx.blocking_send(Ok(chunk)).is_err() {
+                return; // the receiver went away
+            }
+            offset += want as u64;
+            if offset >= len {
+                break;
+            }
+        }
+    }
+    let _ = tx.blocking_send(Ok(proto::SnapshotChunk {
+        done: true,
+        files: count,
+        ..Default::default()
+    }));
+}
+
+impl RaftPeerService {
+    /// Fetches the files of the snapshot `m` announces from its sender into the
+    /// incoming folder, unless they are there already or this master is past it.
+    async fn receive_snapshot(&self, m: &Message) -> Result<()> {
+        let meta = m.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let snapshots = self.journal.snapshots();
+        let dest = snapshots.incoming(index, term);
+        if dest.exists() || index <= self.journal.applied_index() {
+            return Ok(());
+        }
+        let addr = self.journal.peer_address(m.from).ok_or_else(|| {
+            Error::invalid_argument("messages", format!("no address for master {}", m.from))
+        })?;
+        let mut client = peer_client(&endpoint(addr)?);
+        let mut req = Request::new(proto::FetchSnapshotRequest { index, term });
+        req.set_timeout(SNAPSHOT_TIMEOUT);
+        let mut stream = client.fetch_snapshot(req).await?.into_inner();
+        let tmp = dest.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .map_err(|e| Error::internal(format!("cannot clear {}: {e}", tmp.display())))?;
+        }
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", tmp.display())))?;
+        let started = std::time::Instant::now();
+        let mut rx = SnapshotReceiver::new(tmp.clone());
+        loop {
+            let chunk = stream
+                .message()
+                .await?
+                .ok_or_else(|| Error::unavailable("the snapshot stream ended before its end"))?;
+            if rx.take(chunk)? {
+                break;
+            }
+        }
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| Error::internal(format!("cannot rename {}: {e}", tmp.display())))?;
+        snapshot::sync_dir(dest.parent().unwrap_or(&dest))?;
+        tracing::info!(
+            index,
+            term,
+            bytes = rx.bytes,
+            files = rx.files,
+            took_ms = started.elapsed().as_millis() as u64,
+            "raft: received a snapshot"
+        );
+        Ok(())
+    }
+}
+
+/// Writes the chunks of one snapshot into a folder, checking each against what
+/// came before: plain names, each file once and whole, in order, within bounds.
+pub struct SnapshotReceiver {
+    dir: std::path::PathBuf,
+    current: Option<(String, std::fs::File, u64, u64)>,
+    seen: std::collections::HashSet<String>,
+    /// Files and bytes received.
+    pub files: usize,
+    pub bytes: u64,
+}
+
+impl SnapshotReceiver {
+    /// Receives into `dir` (which exists and is empty).
+    pub fn new(dir: std::path::PathBuf) -> SnapshotReceiver {
+        SnapshotReceiver {
+            dir,
+            current: None,
+            seen: Default::default(),
+            files: 0,
+            bytes: 0,
+        }
+    }
+
+    fn bad(reason: impl std::fmt::Display) -> Error {
+        Error::invalid_argument("snapshot", reason.to_string())
+    }
+
+    /// Takes one chunk; true once the snapshot is complete (every file synced).
+    pub fn take(&mut self, c: proto::SnapshotChunk) -> Result<bool> {
+        if c.done {
+            self.finish_file()?;
+            if c.files as usize != self.files {
+                return Err(Self::bad(format!(
+                    "{} files announced, {} received",
+                    c.files, self.files
+                )));
+            }
+            return Ok(true);
+        }
+        let starts_file = self
+            .current
+            .as_ref()
+            .is_none_or(|(name, ..)| *name != c.file);
+        if starts_file {
+            self.finish_file()?;
+            if !snapshot::is_plain_file_name(&c.file) {
+                return Err(Self::bad(format!("file name {:?}", c.file)));
+            }
+            if !self.seen.insert(c.file.clone()) {
+                return Err(Self::bad(format!("file {} sent twice", c.file)));
+            }
+            if self.files >= MAX_FILES {
+                return Err(Self::bad(format!("more than {MAX_FILES} files")));
+            }
+            if c.file_length > MAX_SNAPSHOT_FILE_BYTES {
+                return Err(Self::bad(format!(
+                    "file {} of {} bytes",
+                    c.file, c.file_length
+                )));
+            }
+            let path = self.dir.join(&c.file);
+            let f = std::fs::File::create_new(&path)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))?;
+            self.files += 1;
+            self.current = Some((c.file.clone(), f, c.file_length, 0));
+        }
+        let Some((name, file, len, written)) = self.current.as_mut() else {
+            return Err(Self::bad("a chunk outside any file"));
+        };
+        if c.file_length != *len || c.offset != *written {
+            return Err(Self::bad(format!(
+                "file {name}: chunk at {} of a {}-byte file, expected at {written} of {len}",
+                c.offset, c.file_length
+            )));
+        }
+        let end = written
+            .checked_add(c.data.len() as u64)
+            .filter(|e| e <= len)
+            .ok_or_else(|| Self::bad(format!("file {name}: data past its length")))?;
+        file.write_all(&c.data)
+            .map_err(|e| Error::internal(format!("cannot write snapshot file {name}: {e}")))?;
+        *written = end;
+        self.bytes += c.data.len() as u64;
+        Ok(false)
+    }
+
+    fn finish_file(&mut self) -> Result<()> {
+        if let Some((name, file, len, written)) = self.current.take() {
+            if written != len {
+                return Err(Self::bad(format!(
+                    "file {name}: {written} of {len} bytes received"
+                )));
+            }
+            file.sync_all()
+                .map_err(|e| Error::internal(format!("cannot sync snapshot file {name}: {e}")))?;
+        }
+        Ok(())
     }
 }
 
