@@ -286,6 +286,17 @@ fn local_cluster_and_readme_tour_work_as_written() {
         "{report}"
     );
     assert!(journal["log_syncs"].as_u64().unwrap() > 0, "{report}");
+    // The tour took a snapshot of everything applied; asked again, the master
+    // answers the same one (nothing was applied since).
+    let out = Command::new(BIN)
+        .args(["fsadmin", "journal", "checkpoint", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snap["index"].as_u64(), Some(applied), "{snap}");
+    assert_eq!(snap["term"], journal["term"], "{snap}");
     let status = local.terminate();
     assert!(status.success(), "strata local exit status {status}");
     // A master that does not answer is named, and the exit code says so.

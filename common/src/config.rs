@@ -111,6 +111,11 @@ pub struct MasterConfig {
     /// How long a file being written stays without its writer renewing its lease;
     /// past it the file (its blocks, its staged under-store copy) is deleted.
     pub write_lease: HumanDuration,
+    /// A snapshot of the state machine is taken each time this many entries were
+    /// applied since the log's start, and the log compacted behind it.
+    pub snapshot_interval_entries: u64,
+    /// Entries kept in the log behind a snapshot, for a master a little behind.
+    pub log_retained_entries: u64,
 }
 
 /// Worker settings.
@@ -184,6 +189,8 @@ impl Default for MasterConfig {
             min_block_size: ByteSize(4 << 10),
             max_block_size: ByteSize(4 << 30),
             write_lease: HumanDuration(std::time::Duration::from_secs(300)),
+            snapshot_interval_entries: 200_000,
+            log_retained_entries: 10_000,
         }
     }
 }
@@ -353,6 +360,18 @@ impl SiteConfig {
         }
         if self.master.id == 0 {
             return Err(cfg_err("master.id", "must be 1 or more"));
+        }
+        if !(100..=1_000_000_000).contains(&self.master.snapshot_interval_entries) {
+            return Err(cfg_err(
+                "master.snapshot_interval_entries",
+                "must be between 100 and 1000000000",
+            ));
+        }
+        if self.master.log_retained_entries >= self.master.snapshot_interval_entries {
+            return Err(cfg_err(
+                "master.log_retained_entries",
+                "must be below master.snapshot_interval_entries",
+            ));
         }
         let members = self.raft_members()?;
         let Some(own) = members.get(&self.master.id) else {

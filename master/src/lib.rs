@@ -308,6 +308,8 @@ pub async fn start(deps: MasterDeps) -> Result<MasterHandle> {
                 .filter(|(id, _)| **id != me)
                 .map(|(id, a)| (*id, a.clone()))
                 .collect(),
+            compact_after: cfg.master.snapshot_interval_entries,
+            keep_entries: cfg.master.log_retained_entries,
             ..journal::RaftOptions::single()
         },
     )?);

@@ -107,6 +107,11 @@ impl Group {
         self.root.path().join(format!("m{id}"))
     }
 
+    /// The journal folder of member `id`.
+    pub fn journal_dir(&self, id: u64) -> PathBuf {
+        self.dir(id).join("journal")
+    }
+
     /// Starts member `id` (again) on its folder and port.
     pub async fn start_member(&mut self, id: u64) {
         let listener = tokio::net::TcpListener::bind(self.addrs[&id])
@@ -129,7 +134,7 @@ impl Group {
             ..RaftOptions::single()
         };
         let journal = Arc::new(
-            RaftJournal::start(&dir.join("journal"), store.clone(), opts).expect("journal"),
+            RaftJournal::start(&self.journal_dir(id), store.clone(), opts).expect("journal"),
         );
         let stop = CancellationToken::new();
         let service = RaftPeerServer::new(RaftPeerService::new(journal.clone()));

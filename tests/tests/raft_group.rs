@@ -471,3 +471,67 @@ async fn a_wiped_member_catches_up_through_a_snapshot_and_can_lead() {
     assert_eq!(g.leader().await.names().len(), 110);
     g.stop().await;
 }
+
+/// A master that crashed while it installed a snapshot (the log marks the
+/// installation before the metastore is touched) finishes the installation when
+/// it starts again, from the files it received, before anything reads its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_snapshot_installation_is_finished_at_start() {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    g.compaction = (30, 5);
+    for id in 1..=3 {
+        assert!(g.stop_member(id).await);
+        g.start_member(id).await;
+    }
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 2..22).await;
+    g.caught_up().await;
+    let leader_id = g.leader().await.id;
+    let crashed = g.members.iter().find(|m| m.id != leader_id).unwrap().id;
+    assert!(g.stop_member(crashed).await);
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 22..62).await;
+    let (index, term) = journal.checkpoint().await.unwrap();
+
+    // What the crashed master had when it stopped: the leader's snapshot received
+    // in full, and the installation marked in its log.
+    let from = journal.snapshots().path(index, term);
+    let to = strata_master::journal::snapshot::folder_for(&g.journal_dir(crashed))
+        .join(format!("incoming-{index}-{term}"));
+    std::fs::create_dir_all(&to).unwrap();
+    for f in std::fs::read_dir(&from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    {
+        let log =
+            strata_master::journal::log::LogStore::open(&g.journal_dir(crashed), crashed).unwrap();
+        log.begin_install(index, term).unwrap();
+    }
+
+    // Alone (the others stopped), it can learn nothing from them: what it holds
+    // at start comes from finishing the installation.
+    let others: Vec<u64> = g.members.iter().map(|m| m.id).collect();
+    for id in &others {
+        assert!(g.stop_member(*id).await);
+    }
+    g.start_member(crashed).await;
+    let m = g.members.iter().find(|m| m.id == crashed).unwrap();
+    assert_eq!(m.store.applied_index().unwrap(), index);
+    assert_eq!(m.names().len(), 60);
+    // The node's thread publishes its state once it runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.journal.status().first_index == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.journal.status().first_index, index + 1);
+    for id in others {
+        g.start_member(id).await;
+    }
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 62..72).await;
+    g.caught_up().await;
+    assert_identical(&g, 70);
+    g.stop().await;
+}

@@ -45,9 +45,11 @@ pub struct RaftOptions {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
-    /// The log is compacted once it holds this many applied entries...
+    /// A snapshot is taken, and the log compacted behind it, once the log holds
+    /// this many applied entries (`master.snapshot_interval_entries`)...
     pub compact_after: u64,
-    /// ...down to this many (kept for a peer a little behind).
+    /// ...down to this many (kept for a peer a little behind;
+    /// `master.log_retained_entries`).
     pub keep_entries: u64,
 }
 

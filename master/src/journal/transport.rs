@@ -540,4 +540,96 @@ mod tests {
         let itself = Message { from: 1, ..to(1) };
         assert!(decode_batch(1, &voters, &batch(&[itself])).is_err());
     }
+
+    fn chunk(file: &str, len: u64, offset: u64, data: &[u8]) -> proto::SnapshotChunk {
+        proto::SnapshotChunk {
+            file: file.into(),
+            file_length: len,
+            offset,
+            data: data.to_vec().into(),
+            done: false,
+            files: 0,
+        }
+    }
+
+    fn done(files: u32) -> proto::SnapshotChunk {
+        proto::SnapshotChunk {
+            done: true,
+            files,
+            ..Default::default()
+        }
+    }
+
+    /// Feeds `chunks` to a fresh receiver: the first error, or the files made.
+    fn receive(chunks: Vec<proto::SnapshotChunk>) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rx = SnapshotReceiver::new(dir.path().to_path_buf());
+        let mut complete = false;
+        for c in chunks {
+            assert!(!complete, "chunks after the end");
+            complete = rx.take(c)?;
+        }
+        if !complete {
+            return Err(Error::unavailable("incomplete"));
+        }
+        let mut out: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    #[test]
+    fn snapshot_chunks_are_checked_as_they_arrive() {
+        let ok = receive(vec![
+            chunk("CURRENT", 3, 0, b"ab"),
+            chunk("CURRENT", 3, 2, b"c"),
+            chunk("empty", 0, 0, b""),
+            done(2),
+        ])
+        .unwrap();
+        assert_eq!(
+            ok,
+            [
+                ("CURRENT".to_string(), b"abc".to_vec()),
+                ("empty".to_string(), vec![])
+            ]
+        );
+        let refused = [
+            // Names that leave the folder or hide.
+            vec![chunk("../x", 1, 0, b"a"), done(1)],
+            vec![chunk("a/b", 1, 0, b"a"), done(1)],
+            vec![chunk(".hidden", 1, 0, b"a"), done(1)],
+            vec![chunk("", 1, 0, b"a"), done(1)],
+            vec![chunk(&"n".repeat(300), 1, 0, b"a"), done(1)],
+            // A gap, an overlap, bytes past the length, a length that changes.
+            vec![chunk("f", 4, 0, b"ab"), chunk("f", 4, 3, b"c"), done(1)],
+            vec![chunk("f", 4, 0, b"ab"), chunk("f", 4, 1, b"bc"), done(1)],
+            vec![chunk("f", 2, 0, b"abc"), done(1)],
+            vec![chunk("f", 4, 0, b"ab"), chunk("f", 5, 2, b"cd"), done(1)],
+            // A file cut short, sent twice, an absurd length, a wrong count.
+            vec![chunk("f", 4, 0, b"ab"), done(1)],
+            vec![
+                chunk("f", 1, 0, b"a"),
+                chunk("g", 1, 0, b"b"),
+                chunk("f", 1, 0, b"a"),
+                done(3),
+            ],
+            vec![chunk("f", u64::MAX, 0, b"a"), done(1)],
+            vec![chunk("f", 1, 0, b"a"), done(2)],
+            vec![chunk("f", 1, u64::MAX, b"a"), done(1)],
+        ];
+        for (i, chunks) in refused.into_iter().enumerate() {
+            assert!(receive(chunks).is_err(), "case {i} accepted");
+        }
+        // No end: not complete.
+        assert!(receive(vec![chunk("f", 1, 0, b"a")]).is_err());
+    }
 }
