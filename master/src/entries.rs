@@ -227,6 +227,10 @@ pub struct RequestTag {
     /// The answer the request gets if the entry applies.
     #[prost(bytes = "vec", tag = "5")]
     pub reply: Vec<u8>,
+    /// What the request does (`namespace::requests::RequestKind`): a request id
+    /// reused for another operation is refused, not answered with another's result.
+    #[prost(uint32, tag = "6")]
+    pub kind: u32,
 }
 
 /// A request's recorded result: the reply, or the conflict it met
@@ -238,6 +242,9 @@ pub struct RequestOutcome {
     /// Empty when the request succeeded.
     #[prost(bytes = "vec", tag = "2")]
     pub error: Vec<u8>,
+    /// The request's kind, as its tag said.
+    #[prost(uint32, tag = "3")]
+    pub kind: u32,
 }
 
 /// The mutation kinds.
@@ -353,6 +360,7 @@ mod tests {
                 answered_below: 2,
                 time_ms: 9,
                 reply: vec![1],
+                kind: 0,
             }),
         };
         let recorded: &[u8] = &[
@@ -364,6 +372,7 @@ mod tests {
         let outcome = RequestOutcome {
             reply: vec![],
             error: vec![8, 2],
+            kind: 0,
         };
         let recorded: &[u8] = &[18, 2, 8, 2];
         assert_eq!(outcome.encode_to_vec(), recorded);

@@ -28,6 +28,7 @@ use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{StoreCache, UfsPath, UfsStatus, UnderStore};
 
 mod requests;
+use requests::RequestKind;
 
 /// Looks at the under-store for one request at most this many times while
 /// concurrent changes keep invalidating what it saw.
@@ -862,7 +863,12 @@ impl Namespace {
         recursive: bool,
         req: Option<&RequestId>,
     ) -> Result<FileInfo> {
-        self.once(req, self.mkdir_once(path, recursive, req)).await
+        self.once(
+            req,
+            RequestKind::Mkdir,
+            self.mkdir_once(path, recursive, req),
+        )
+        .await
     }
 
     async fn mkdir_once(
@@ -872,6 +878,9 @@ impl Namespace {
         req: Option<&RequestId>,
     ) -> Result<FileInfo> {
         let (_guard, r) = self.lock_for_create(path).await?;
+        if let Some(done) = self.answered(req, RequestKind::Mkdir)? {
+            return done;
+        }
         if let Some(rec) = r.found() {
             if rec.is_dir && recursive {
                 return self.info(path.clone(), rec);
@@ -902,14 +911,21 @@ impl Namespace {
             inodes,
             expected_parent_version: None,
         });
-        Ok(self.propose_deciding(req, op, info).await?.1)
+        Ok(self
+            .propose_deciding(req, RequestKind::Mkdir, op, info)
+            .await?
+            .1)
     }
 
     /// Creates an incomplete file; returns it and, when the write type persists, its
     /// under-store location.
     pub async fn create_file(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
-        self.once(req.request.as_ref(), self.create_file_once(req))
-            .await
+        self.once(
+            req.request.as_ref(),
+            RequestKind::CreateFile,
+            self.create_file_once(req),
+        )
+        .await
     }
 
     async fn create_file_once(&self, req: &CreateFile) -> Result<(FileInfo, Option<UfsLocation>)> {
@@ -929,6 +945,9 @@ impl Namespace {
             return Err(Error::AlreadyExists { path: "/".into() });
         }
         let (_guard, r) = self.lock_for_create(path).await?;
+        if let Some(done) = self.answered(req.request.as_ref(), RequestKind::CreateFile)? {
+            return done;
+        }
         if r.found().is_some() {
             return Err(Error::AlreadyExists {
                 path: path.to_string(),
@@ -986,7 +1005,7 @@ impl Namespace {
             expected_parent_version: None,
         });
         let (_, (info, ufs)) = self
-            .propose_deciding(req.request.as_ref(), op, reply)
+            .propose_deciding(req.request.as_ref(), RequestKind::CreateFile, op, reply)
             .await?;
         self.leases.grant(info.id.0, Instant::now());
         Ok((info, ufs))
@@ -1145,8 +1164,12 @@ impl Namespace {
         only: Option<FileId>,
         req: Option<&RequestId>,
     ) -> Result<()> {
-        self.once(req, self.delete_once(path, recursive, only, req))
-            .await
+        self.once(
+            req,
+            RequestKind::Delete,
+            self.delete_once(path, recursive, only, req),
+        )
+        .await
     }
 
     async fn delete_once(
@@ -1157,6 +1180,9 @@ impl Namespace {
         req: Option<&RequestId>,
     ) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
+        if let Some(done) = self.answered(req, RequestKind::Delete)? {
+            return done;
+        }
         if path.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),
@@ -1236,7 +1262,9 @@ impl Namespace {
             recursive,
             mtime_ms: now_ms(),
         });
-        let (applied, ()) = self.propose_deciding(req, op, ()).await?;
+        let (applied, ()) = self
+            .propose_deciding(req, RequestKind::Delete, op, ())
+            .await?;
         self.after_removal(&applied);
         Ok(())
     }
@@ -1333,7 +1361,8 @@ impl Namespace {
         dst: &StrataPath,
         req: Option<&RequestId>,
     ) -> Result<()> {
-        self.once(req, self.rename_once(src, dst, req)).await
+        self.once(req, RequestKind::Rename, self.rename_once(src, dst, req))
+            .await
     }
 
     async fn rename_once(
@@ -1343,6 +1372,9 @@ impl Namespace {
         req: Option<&RequestId>,
     ) -> Result<()> {
         let _guard = self.locks.lock(&[src, dst]).await;
+        if let Some(done) = self.answered(req, RequestKind::Rename)? {
+            return done;
+        }
         if src.is_root() || dst.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),
@@ -1414,7 +1446,8 @@ impl Namespace {
             dst_path: dst.to_string(),
             mtime_ms: now_ms(),
         });
-        self.propose_deciding(req, op, ()).await?;
+        self.propose_deciding(req, RequestKind::Rename, op, ())
+            .await?;
         Ok(())
     }
 
@@ -1426,8 +1459,12 @@ impl Namespace {
         read_only: bool,
         req: Option<&RequestId>,
     ) -> Result<()> {
-        self.once(req, self.mount_once(path, uri, read_only, req))
-            .await
+        self.once(
+            req,
+            RequestKind::Mount,
+            self.mount_once(path, uri, read_only, req),
+        )
+        .await
     }
 
     async fn mount_once(
@@ -1438,6 +1475,9 @@ impl Namespace {
         req: Option<&RequestId>,
     ) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
+        if let Some(done) = self.answered(req, RequestKind::Mount)? {
+            return done;
+        }
         let r = self.resolve_synced(path).await?;
         if r.found().is_some() {
             return Err(Error::AlreadyExists {
@@ -1503,7 +1543,8 @@ impl Namespace {
                 read_only,
             }),
         });
-        self.propose_deciding(req, op, ()).await?;
+        self.propose_deciding(req, RequestKind::Mount, op, ())
+            .await?;
         Ok(())
     }
 
@@ -1529,11 +1570,15 @@ impl Namespace {
 
     /// Removes the mount at `path` and its namespace (the under-store is untouched).
     pub async fn unmount(&self, path: &StrataPath, req: Option<&RequestId>) -> Result<()> {
-        self.once(req, self.unmount_once(path, req)).await
+        self.once(req, RequestKind::Unmount, self.unmount_once(path, req))
+            .await
     }
 
     async fn unmount_once(&self, path: &StrataPath, req: Option<&RequestId>) -> Result<()> {
         let _guard = self.locks.lock(&[path]).await;
+        if let Some(done) = self.answered(req, RequestKind::Unmount)? {
+            return done;
+        }
         if path.is_root() {
             return Err(Error::NotPermitted {
                 path: "/".into(),
@@ -1555,7 +1600,9 @@ impl Namespace {
             mount_id: rec.mount_id,
             path: path.to_string(),
         });
-        let (applied, ()) = self.propose_deciding(req, op, ()).await?;
+        let (applied, ()) = self
+            .propose_deciding(req, RequestKind::Unmount, op, ())
+            .await?;
         self.after_removal(&applied);
         Ok(())
     }

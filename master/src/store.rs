@@ -53,7 +53,7 @@ const ALL_CFS: [&str; 8] = [
 
 mod requests;
 mod snapshot;
-pub use requests::REQUEST_RETENTION_MS;
+pub use requests::{MAX_RESULTS_PER_CLIENT, REQUEST_RETENTION_MS};
 
 /// Memory all of the metastore's memtables may use together.
 const METASTORE_MEMTABLE_BYTES: usize = 64 << 20;
@@ -559,7 +559,7 @@ impl MetaStore {
             if let Some(outcome) = self.recorded(&tag.client, tag.seq)? {
                 self.record_index(WriteBatch::default(), index)?;
                 return Ok(Applied {
-                    replayed: Some(requests::answer_of(outcome)),
+                    replayed: Some(requests::answer_of(outcome, tag.kind)),
                     ..Applied::default()
                 });
             }

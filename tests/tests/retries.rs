@@ -259,3 +259,85 @@ async fn malformed_request_ids_are_refused() {
     assert!(!c.fs.exists("/z").await.unwrap());
     c.stop().await;
 }
+
+/// The retry of a delete waits behind its first attempt (held between its
+/// under-store step and its journal entry) and behind another client's mkdir of
+/// the same path. When its turn comes the path names the other client's new
+/// folder: the retry must answer from its first attempt's record, and touch
+/// neither that folder nor its under-store copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_never_touches_what_another_client_made_since() {
+    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
+    let c = MiniCluster::start(ClusterOptions {
+        master_pause: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    let w =
+        c.fs.create(
+            "/x",
+            CreateOptions {
+                write_type: Some(WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.close().await.unwrap();
+    let delete = || proto::DeleteRequest {
+        path: "/x".into(),
+        recursive: false,
+        file_id: 0,
+        request: id(5, 1),
+    };
+    pause.arm();
+    let mut m1 = master_client(&c);
+    let first = tokio::spawn(async move { m1.delete(delete()).await });
+    pause.reached().await;
+    let mut m2 = master_client(&c);
+    let other = tokio::spawn(async move {
+        m2.create_directory(proto::CreateDirectoryRequest {
+            path: "/x".into(),
+            recursive: false,
+            request: id(6, 1),
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut m3 = master_client(&c);
+    let retry = tokio::spawn(async move { m3.delete(delete()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    pause.release();
+    first.await.unwrap().unwrap();
+    other.await.unwrap().unwrap();
+    retry.await.unwrap().unwrap();
+    let x = c.fs.get_status("/x").await.unwrap();
+    assert_eq!(x.kind, strata_client::FileKind::Directory);
+    assert!(
+        c.underfs().join("x").is_dir(),
+        "the other client's folder is gone"
+    );
+    c.stop().await;
+}
+
+/// A request id is one mutation: sent again with another operation, it is
+/// refused, never answered with the first one's result (a delete must not
+/// "succeed" by borrowing a create's answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_reused_for_another_operation_is_refused() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let mut m = master_client(&c);
+    m.create_file(create("/k", id(7, 1))).await.unwrap();
+    let r = m
+        .delete(proto::DeleteRequest {
+            path: "/k".into(),
+            recursive: false,
+            file_id: 0,
+            request: id(7, 1),
+        })
+        .await
+        .map_err(Error::from);
+    assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    assert!(c.fs.exists("/k").await.unwrap());
+    c.stop().await;
+}

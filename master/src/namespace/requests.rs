@@ -15,6 +15,18 @@ use strata_common::proto;
 use strata_common::types::{FileInfo, RequestId, UfsLocation};
 use strata_common::{Error, Result};
 
+/// What a request does, recorded with its answer: a request id reused for
+/// another operation is refused instead of answered with another's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Mkdir = 1,
+    CreateFile = 2,
+    Delete = 3,
+    Rename = 4,
+    Mount = 5,
+    Unmount = 6,
+}
+
 /// A mutation's answer as apply records it.
 pub trait Reply: Sized {
     /// The bytes recorded.
@@ -75,22 +87,32 @@ impl Namespace {
     pub(super) async fn once<T: Reply>(
         &self,
         req: Option<&RequestId>,
+        kind: RequestKind,
         run: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let Some(id) = req else {
-            return run.await;
-        };
-        if let Some(recorded) = self.store.request_answer(id)? {
-            return answer(recorded);
+        if let Some(done) = self.answered(req, kind)? {
+            return done;
         }
         match run.await {
             Ok(v) => Ok(v),
             // The first attempt may have run meanwhile, and be why this one failed.
-            Err(e) => match self.store.request_answer(id)? {
-                Some(recorded) => answer(recorded),
-                None => Err(e),
-            },
+            Err(e) => self.answered(req, kind)?.unwrap_or(Err(e)),
         }
+    }
+
+    /// The recorded answer of request `req`, if it was applied. A handler asks
+    /// again once it holds its paths' locks, before any under-store step: an
+    /// earlier attempt may have finished while it waited, and what the path
+    /// names now may be another client's.
+    pub(super) fn answered<T: Reply>(
+        &self,
+        req: Option<&RequestId>,
+        kind: RequestKind,
+    ) -> Result<Option<Result<T>>> {
+        let Some(id) = req else {
+            return Ok(None);
+        };
+        Ok(self.store.request_answer(id, kind as u32)?.map(answer::<T>))
     }
 
     /// Proposes `op`, the entry that decides request `req` (if any), whose answer
@@ -99,6 +121,7 @@ impl Namespace {
     pub(super) async fn propose_deciding<T: Reply>(
         &self,
         req: Option<&RequestId>,
+        kind: RequestKind,
         op: Op,
         reply: T,
     ) -> Result<(Applied, T)> {
@@ -108,6 +131,7 @@ impl Namespace {
             answered_below: id.answered_below,
             time_ms: now_ms(),
             reply: reply.encode_reply(),
+            kind: kind as u32,
         });
         let entry = JournalEntry {
             op: Some(op),
