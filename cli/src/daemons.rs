@@ -251,7 +251,7 @@ pub fn format(cfg: SiteConfig) -> anyhow::Result<i32> {
     {
         println!("Formatted journal {}", journal.display());
     }
-    let snapshots = strata_master::journal::snapshot::folder_for(&journal);
+    let snapshots = strata_master::journal::snapshot::folder_for(&cfg.metastore_dir());
     if snapshots.exists() {
         std::fs::remove_dir_all(&snapshots)?;
         println!("Formatted journal snapshots {}", snapshots.display());

@@ -54,6 +54,7 @@ const ALL_CFS: [&str; 8] = [
 mod requests;
 mod snapshot;
 pub use requests::{MAX_RESULTS_PER_CLIENT, REQUEST_RETENTION_MS};
+pub use snapshot::{prepare_install, verify_checkpoint, Prepared};
 
 /// Memory all of the metastore's memtables may use together.
 const METASTORE_MEMTABLE_BYTES: usize = 64 << 20;
@@ -192,6 +193,11 @@ impl MetaStore {
             Ordering::Release,
         );
         self.load_mounts()
+    }
+
+    /// The store's folder.
+    pub fn dir(&self) -> &Path {
+        self.db.path()
     }
 
     /// The cluster's id, made once when the store is formatted: every block a

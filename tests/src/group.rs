@@ -107,6 +107,11 @@ impl Group {
         self.root.path().join(format!("m{id}"))
     }
 
+    /// The metastore folder of member `id`.
+    pub fn meta_dir(&self, id: u64) -> PathBuf {
+        self.dir(id).join("meta")
+    }
+
     /// The journal folder of member `id`.
     pub fn journal_dir(&self, id: u64) -> PathBuf {
         self.dir(id).join("journal")

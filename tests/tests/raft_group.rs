@@ -496,7 +496,7 @@ async fn an_interrupted_snapshot_installation_is_finished_at_start() {
     // What the crashed master had when it stopped: the leader's snapshot received
     // in full, and the installation marked in its log.
     let from = journal.snapshots().path(index, term);
-    let to = strata_master::journal::snapshot::folder_for(&g.journal_dir(crashed))
+    let to = strata_master::journal::snapshot::folder_for(&g.meta_dir(crashed))
         .join(format!("incoming-{index}-{term}"));
     std::fs::create_dir_all(&to).unwrap();
     for f in std::fs::read_dir(&from).unwrap() {

@@ -31,6 +31,8 @@ const KEY_NODE: &[u8] = b"m/node";
 const KEY_PAIRING: &[u8] = b"m/pairing";
 /// Set while a snapshot from a peer is being installed: index and term.
 const KEY_INSTALLING: &[u8] = b"m/installing";
+/// When the log was made (wall clock, ms since the epoch).
+const KEY_CREATED: &[u8] = b"m/created";
 const ENTRY_PREFIX: u8 = b'e';
 
 /// Largest entry the log accepts or reads back; a bigger one on disk is corruption.
@@ -179,7 +181,14 @@ impl LogStore {
         batch.put(KEY_BASE, pair(applied, base_term));
         batch.put(KEY_PAIRING, pairing.as_bytes());
         batch.put(KEY_NODE, node_id.to_be_bytes());
+        batch.put(KEY_CREATED, wall_ms().to_be_bytes());
         self.write(batch, true)
+    }
+
+    /// When the log was made (ms since the epoch); `None` for a log from before
+    /// this was recorded.
+    pub fn created_ms(&self) -> Result<Option<u64>> {
+        Ok(self.get(KEY_CREATED)?.and_then(|v| u64_of(&v)))
     }
 
     /// Reads the log back for a state machine that applied `applied` entries (and
@@ -484,7 +493,14 @@ impl LogStore {
     /// from the leader), the commit index reaches it, and the installation
     /// record goes.
     pub fn finish_install(&self, index: u64, term: u64) -> Result<()> {
-        let mut hard = self.core().hard.clone();
+        // From disk: at start this runs before the log is loaded, and the vote
+        // recorded must survive.
+        let mut hard: HardState = decode(
+            &self
+                .get(KEY_HARD)?
+                .ok_or_else(|| self.damaged("its hard state (term and vote) is missing"))?,
+            "hard state",
+        )?;
         hard.commit = hard.commit.max(index);
         hard.term = hard.term.max(term);
         let mut batch = WriteBatch::default();
@@ -660,6 +676,13 @@ impl raft::Storage for LogStore {
     }
 }
 
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn encode(m: &impl protobuf::Message) -> Result<Vec<u8>> {
     m.write_to_bytes().map_err(|e| storage("encode", e))
 }
@@ -687,4 +710,40 @@ fn unpair(v: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     Some((u64_of(&v[..8])?, u64_of(&v[8..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An installation cut short is finished at the next start, before the log is
+    /// loaded: the term and vote on disk survive it (a vote forgotten could be
+    /// given twice in one term).
+    #[test]
+    fn an_installation_finished_at_start_keeps_the_vote() {
+        let d = tempfile::tempdir().unwrap();
+        let voters = [1, 2, 3];
+        {
+            let log = LogStore::open(d.path(), 1).unwrap();
+            log.create(1, &voters, 0, "p").unwrap();
+            log.load(&voters, 0).unwrap();
+            let hard = HardState {
+                term: 7,
+                vote: 2,
+                commit: 0,
+                ..Default::default()
+            };
+            log.append(&[], Some(&hard)).unwrap();
+            log.begin_install(10, 5).unwrap();
+        }
+        let log = LogStore::open(d.path(), 1).unwrap();
+        assert_eq!(log.installing().unwrap(), Some((10, 5)));
+        log.finish_install(10, 5).unwrap();
+        assert_eq!(log.installing().unwrap(), None);
+        log.load(&voters, 10).unwrap();
+        let hard = log.hard_state();
+        assert_eq!((hard.term, hard.vote, hard.commit), (7, 2, 10));
+        assert_eq!((log.first(), log.last()), (11, 10));
+        assert!(log.created_ms().unwrap().is_some());
+    }
 }

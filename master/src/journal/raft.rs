@@ -287,7 +287,7 @@ impl RaftJournal {
                 report,
             ))
         };
-        let (snapshots, _) = Snapshots::open(dir)?;
+        let (snapshots, _) = Snapshots::open(store.dir())?;
         let mut applied = store.applied_index()?;
         if applied > 0 {
             // The log may be rebased on what the metastore applied: make that
@@ -295,12 +295,6 @@ impl RaftJournal {
             store.sync()?;
         }
         let log = LogStore::open(dir, opts.id)?;
-        // An election lasts at most twice the election timeout before its
-        // candidate moves to a new term; a new member abstains that long.
-        let abstain_until = (log.is_new()? && opts.voters.len() > 1).then(|| {
-            Instant::now()
-                + opts.tick * (2 * opts.election_ticks as u32 + opts.heartbeat_ticks as u32)
-        });
         if log.is_new()? {
             if applied > 0 && opts.voters.len() > 1 {
                 // A log made up for a history would claim no vote and an old
@@ -354,8 +348,23 @@ impl RaftJournal {
             applied = index;
         }
         log.load(&opts.voters, applied)?;
+        // An election lasts at most twice the election timeout before its
+        // candidate moves to a new term: a new member (a first start, or a
+        // format) abstains that long from its log's creation, across restarts.
+        let window = opts.tick * (2 * opts.election_ticks as u32 + opts.heartbeat_ticks as u32);
+        let abstain_until = match log.created_ms()? {
+            Some(created) if opts.voters.len() > 1 => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let age = Duration::from_millis(now.saturating_sub(created));
+                window.checked_sub(age).map(|left| Instant::now() + left)
+            }
+            _ => None,
+        };
         // Read again: an installation finished above made a newer one.
-        log.set_snapshot(Snapshots::open(dir)?.1);
+        log.set_snapshot(Snapshots::open(store.dir())?.1);
         // Entries the metastore applied were committed, whatever the (unsynced)
         // commit index on disk says.
         log.set_commit(applied)?;
@@ -396,6 +405,7 @@ impl RaftJournal {
             snapshots: snapshots.clone(),
             checkpoints_waiting: Vec::new(),
             abstain_until,
+            snapshot_retry_at: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("strata-raft-{}", opts.id))
@@ -675,6 +685,8 @@ struct Driver {
     checkpoints_waiting: Vec<oneshot::Sender<Result<(u64, u64)>>>,
     /// Until when votes are refused (a new log in a group: see `Msg::Raft`).
     abstain_until: Option<Instant>,
+    /// After a failed snapshot, when the next is tried.
+    snapshot_retry_at: Option<Instant>,
 }
 
 impl Driver {
@@ -959,11 +971,17 @@ impl Driver {
         if !due && !wanted && self.checkpoints_waiting.is_empty() {
             return Ok(());
         }
+        if self.checkpoints_waiting.is_empty()
+            && self.snapshot_retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            return Ok(());
+        }
         let snap = match self.snapshot_now() {
             Ok(s) => s,
             Err(e) => {
                 // Not fatal: the log keeps its entries until a snapshot succeeds.
-                tracing::error!("journal: cannot take a snapshot: {e}");
+                tracing::error!("journal: cannot take a snapshot (trying again in 10s): {e}");
+                self.snapshot_retry_at = Some(Instant::now() + Duration::from_secs(10));
                 for reply in self.checkpoints_waiting.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -1033,10 +1051,18 @@ impl Driver {
             )));
         }
         let started = Instant::now();
+        // Checked and exported before anything is marked or touched.
+        let prepared =
+            match crate::store::prepare_install(&staged, meta.index, &self.snapshots.work()) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staged);
+                    return Err(e);
+                }
+            };
         let log = self.node.store();
         log.begin_install(meta.index, meta.term)?;
-        self.store
-            .install_checkpoint(&staged, meta.index, &self.snapshots.work())?;
+        self.store.install_prepared(prepared, meta.index)?;
         log.finish_install(meta.index, meta.term)?;
         self.snapshots.adopt_incoming(meta)?;
         log.set_snapshot(Some(meta.clone()));
@@ -1594,6 +1620,55 @@ mod tests {
             err.to_string().contains("entries 5..9 unavailable"),
             "{err}"
         );
+        n.close().await;
+    }
+
+    /// A member formatted into a group does not know whom it voted for before:
+    /// for two election timeouts from its log's creation, even across a restart,
+    /// vote requests do not reach its node (its term does not move); after that
+    /// they do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_member_stays_out_of_elections_for_a_while_even_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let three = || RaftOptions {
+            voters: vec![1, 2, 3],
+            peers: [
+                (2, "127.0.0.1:9".to_string()),
+                (3, "127.0.0.1:9".to_string()),
+            ]
+            .into(),
+            tick: Duration::from_millis(100),
+            // A long window, so the restart below lands inside it.
+            election_ticks: 20,
+            ..RaftOptions::single()
+        };
+        let vote = |term| raft::eraftpb::Message {
+            msg_type: MessageType::MsgRequestVote,
+            to: 1,
+            from: 2,
+            term,
+            ..Default::default()
+        };
+        // Started without waiting for a leader: its peers do not exist.
+        let start = || {
+            let store = Arc::new(MetaStore::open(&dir.path().join("meta"), 1000).unwrap());
+            let journal =
+                RaftJournal::start(&dir.path().join("journal"), store.clone(), three()).unwrap();
+            Node { store, journal }
+        };
+        start().close().await;
+        let n = start();
+        n.journal.deliver(vec![vote(5)]).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(n.journal.status().term < 5, "{:?}", n.journal.status());
+        // Past the window (2 × 20 + 2 ticks of 100 ms from creation) it votes.
+        tokio::time::sleep(Duration::from_millis(4300)).await;
+        n.journal.deliver(vec![vote(9)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.journal.status().term < 9 {
+            assert!(Instant::now() < deadline, "{:?}", n.journal.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         n.close().await;
     }
 

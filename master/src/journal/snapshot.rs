@@ -1,5 +1,6 @@
-//! Snapshots of the state machine on disk, beside the journal
-//! (`<journal_dir>-snapshots`):
+//! Snapshots of the state machine on disk, beside the metastore
+//! (`<metastore_dir>-snapshots`: on its filesystem, so a checkpoint is hard
+//! links, not copies):
 //!
 //! - `snap-<index>-<term>/`: the latest snapshot, a RocksDB checkpoint of the
 //!   metastore holding exactly the entries up to `index`, with `snapshot.meta`
@@ -30,13 +31,13 @@ pub const MAX_FILE_NAME: usize = 255;
 /// few per level of the store's tree, plus its manifest and options).
 pub const MAX_FILES: usize = 100_000;
 
-/// The snapshot folder of the journal in `journal_dir`.
-pub fn folder_for(journal_dir: &Path) -> PathBuf {
-    let name = journal_dir
+/// The snapshot folder of the metastore in `metastore_dir`.
+pub fn folder_for(metastore_dir: &Path) -> PathBuf {
+    let name = metastore_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "journal".into());
-    journal_dir.with_file_name(format!("{name}-snapshots"))
+        .unwrap_or_else(|| "metastore".into());
+    metastore_dir.with_file_name(format!("{name}-snapshots"))
 }
 
 fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
@@ -68,11 +69,11 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Opens the snapshot folder of the journal in `journal_dir`, creating it, and
-    /// returns the latest complete snapshot's metadata. Unfinished folders are
+    /// Opens the snapshot folder of the metastore in `metastore_dir`, creating it,
+    /// and returns the latest complete snapshot's metadata. Unfinished folders are
     /// removed.
-    pub fn open(journal_dir: &Path) -> Result<(Snapshots, Option<SnapshotMetadata>)> {
-        let dir = folder_for(journal_dir);
+    pub fn open(metastore_dir: &Path) -> Result<(Snapshots, Option<SnapshotMetadata>)> {
+        let dir = folder_for(metastore_dir);
         std::fs::create_dir_all(&dir).map_err(|e| io("cannot create", &dir, e))?;
         let s = Snapshots { dir };
         let mut latest: Option<SnapshotMetadata> = None;
@@ -80,7 +81,7 @@ impl Snapshots {
             let entry = entry.map_err(|e| io("cannot list", &s.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(".tmp") {
+            if name.ends_with(".tmp") || name.ends_with(".old") {
                 std::fs::remove_dir_all(&path).map_err(|e| io("cannot remove", &path, e))?;
                 continue;
             }
@@ -163,8 +164,21 @@ impl Snapshots {
                     .is_some_and(|i| i < index)
             });
             if older {
+                // Renamed first, so a transfer listing it meanwhile sees it gone
+                // rather than a part of it; gone already is fine.
                 let path = entry.path();
-                std::fs::remove_dir_all(&path).map_err(|e| io("cannot remove", &path, e))?;
+                let doomed = path.with_extension("old");
+                match std::fs::rename(&path, &doomed) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("cannot rename", &path, e)),
+                }
+                match std::fs::remove_dir_all(&doomed) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("cannot remove", &doomed, e))
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -190,6 +204,13 @@ impl Snapshots {
                 .map_err(|e| io("cannot read", &path, e))?
                 .len();
             out.push((name, file, len));
+        }
+        // A newer snapshot renames an old one away before removing its files: if
+        // the folder is still here, every file was listed and opened before that.
+        if !dir.exists() {
+            return Err(Error::NotFound {
+                path: format!("snapshot {index} of term {term} (a newer one replaced it)"),
+            });
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)

@@ -221,12 +221,18 @@ async fn send_loop(
 /// The receiving side, served on the master's port.
 pub struct RaftPeerService {
     journal: Arc<RaftJournal>,
+    /// One snapshot received at a time (two senders of the same snapshot must
+    /// not write into the same folder).
+    receiving: tokio::sync::Mutex<()>,
 }
 
 impl RaftPeerService {
     /// Delivers what peers send to `journal`.
     pub fn new(journal: Arc<RaftJournal>) -> RaftPeerService {
-        RaftPeerService { journal }
+        RaftPeerService {
+            journal,
+            receiving: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -348,11 +354,43 @@ impl RaftPeerService {
     async fn receive_snapshot(&self, m: &Message) -> Result<()> {
         let meta = m.get_snapshot().get_metadata();
         let (index, term) = (meta.index, meta.term);
+        let _one_at_a_time = self.receiving.lock().await;
         let snapshots = self.journal.snapshots();
         let dest = snapshots.incoming(index, term);
         if dest.exists() || index <= self.journal.applied_index() {
             return Ok(());
         }
+        let tmp = dest.with_extension("tmp");
+        let received = self.fetch_snapshot_into(m, &tmp).await;
+        let received = received.and_then(|(files, bytes)| {
+            // Whole and readable, at the index announced, before the node sees it.
+            snapshot::sync_dir(&tmp)?;
+            crate::store::verify_checkpoint(&tmp, index)?;
+            Ok((files, bytes))
+        });
+        let (files, bytes) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| Error::internal(format!("cannot rename {}: {e}", tmp.display())))?;
+        snapshot::sync_dir(dest.parent().unwrap_or(&dest))?;
+        tracing::info!(index, term, bytes, files, "raft: received a snapshot");
+        Ok(())
+    }
+
+    /// Streams the files of the snapshot `m` announces from its sender into
+    /// `tmp`; the files and bytes received.
+    async fn fetch_snapshot_into(
+        &self,
+        m: &Message,
+        tmp: &std::path::Path,
+    ) -> Result<(usize, u64)> {
+        let meta = m.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
         let addr = self.journal.peer_address(m.from).ok_or_else(|| {
             Error::invalid_argument("messages", format!("no address for master {}", m.from))
         })?;
@@ -360,36 +398,22 @@ impl RaftPeerService {
         let mut req = Request::new(proto::FetchSnapshotRequest { index, term });
         req.set_timeout(SNAPSHOT_TIMEOUT);
         let mut stream = client.fetch_snapshot(req).await?.into_inner();
-        let tmp = dest.with_extension("tmp");
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
+            std::fs::remove_dir_all(tmp)
                 .map_err(|e| Error::internal(format!("cannot clear {}: {e}", tmp.display())))?;
         }
-        std::fs::create_dir_all(&tmp)
+        std::fs::create_dir_all(tmp)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", tmp.display())))?;
-        let started = std::time::Instant::now();
-        let mut rx = SnapshotReceiver::new(tmp.clone());
+        let mut rx = SnapshotReceiver::new(tmp.to_path_buf());
         loop {
             let chunk = stream
                 .message()
                 .await?
                 .ok_or_else(|| Error::unavailable("the snapshot stream ended before its end"))?;
             if rx.take(chunk)? {
-                break;
+                return Ok((rx.files, rx.bytes));
             }
         }
-        std::fs::rename(&tmp, &dest)
-            .map_err(|e| Error::internal(format!("cannot rename {}: {e}", tmp.display())))?;
-        snapshot::sync_dir(dest.parent().unwrap_or(&dest))?;
-        tracing::info!(
-            index,
-            term,
-            bytes = rx.bytes,
-            files = rx.files,
-            took_ms = started.elapsed().as_millis() as u64,
-            "raft: received a snapshot"
-        );
-        Ok(())
     }
 }
 
