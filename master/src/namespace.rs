@@ -48,6 +48,9 @@ const RECLAIM_BATCH: u32 = 1024;
 const FREE_BATCH: usize = 4096;
 /// Entries of a folder read at a time by a walk of a subtree.
 const WALK_PAGE: usize = 1024;
+/// Most files looked at before a folder gone from the under-store is dropped
+/// from the namespace by metadata sync (a bigger one is kept).
+const SYNC_DROP_WALK_MAX: usize = 100_000;
 
 /// Most files one lease renewal may name.
 pub const RENEW_MAX_FILES: usize = 10_000;
@@ -383,6 +386,19 @@ impl Namespace {
         }
     }
 
+    /// [`Namespace::lookup`] for a caller that holds no path lock (a read). A
+    /// path the namespace lacks is loaded under its lock: a mutation of it may
+    /// have done its under-store step (a rename's new name already there) and not
+    /// yet its entry, and a load meanwhile would make a second inode and fail the
+    /// mutation.
+    async fn lookup_unlocked(&self, path: &StrataPath) -> Result<Arc<InodeRecord>> {
+        if let Some(rec) = self.resolve(path)?.found() {
+            return Ok(rec.clone());
+        }
+        let _guard = self.locks.lock(&[path]).await;
+        self.lookup(path).await
+    }
+
     /// The inode at `path`, loading it from the under-store if need be.
     async fn lookup(&self, path: &StrataPath) -> Result<Arc<InodeRecord>> {
         let r = self.resolve_synced(path).await?;
@@ -544,15 +560,19 @@ impl Namespace {
             // The version is read before listing: apply refuses the load if the
             // directory changed after this point (a delete must not be undone).
             let version = self.inode(dir_id)?.children_version;
-            // Files that are complete and persisted before the listing starts: if the
-            // listing lacks one, it was removed outside Strata. (A file completed
-            // after this point is not a candidate, however the listing raced it.)
-            // Only their ids are kept, 8 bytes a file.
+            // Files that are complete and persisted, and persisted folders (not
+            // mount points), before the listing starts: if the listing lacks one,
+            // it was removed or renamed outside Strata, or by a leader that died
+            // before its journal entry. (One completed after this point is not a
+            // candidate, however the listing raced it.) Only their ids are kept,
+            // 8 bytes each.
             let mut persisted_ids = Vec::new();
             self.each_child_page(dir_id, |page| {
                 for (_, id) in page {
                     if let Some(rec) = self.store.get_inode(*id)? {
-                        if !rec.is_dir && rec.complete && rec.persisted {
+                        let file = !rec.is_dir && rec.complete && rec.persisted;
+                        let folder = rec.is_dir && rec.persisted && rec.mount_id == 0;
+                        if file || folder {
                             persisted_ids.push(*id);
                         }
                     }
@@ -589,12 +609,26 @@ impl Namespace {
             drop(persisted_ids);
             let mut removed_any = false;
             for (name, id) in gone {
+                let child_path = path.join(&name)?;
+                let Some(rec) = self.store.get_inode(id)? else {
+                    continue; // removed meanwhile
+                };
+                // A folder goes only if nothing below it lives in Strata alone
+                // (a file written MUST_CACHE, one being written): those bytes
+                // would be lost with it.
+                if rec.is_dir && !self.only_persisted_below(&child_path, &rec)? {
+                    tracing::warn!(
+                        path = %child_path,
+                        "folder gone from the under-store keeps files that only Strata holds; kept"
+                    );
+                    continue;
+                }
                 let gone = DeleteEntry {
                     parent_id: dir_id,
-                    path: path.join(&name)?.to_string(),
+                    path: child_path.to_string(),
                     name,
                     id,
-                    recursive: false,
+                    recursive: rec.is_dir,
                     mtime_ms: now_ms(),
                 };
                 match self.propose(Op::Delete(gone)).await {
@@ -640,6 +674,27 @@ impl Namespace {
             }
         }
         Ok(staged)
+    }
+
+    /// Whether every file below folder `rec` is complete and persisted (so the
+    /// under-store has its bytes), looking at [`SYNC_DROP_WALK_MAX`] files at most
+    /// (a bigger folder counts as not).
+    fn only_persisted_below(&self, path: &StrataPath, rec: &InodeRecord) -> Result<bool> {
+        let mut seen = 0usize;
+        let mut only = true;
+        let walked = self.walk_files(path, rec, |_, _, f| {
+            seen += 1;
+            if seen > SYNC_DROP_WALK_MAX || !(f.complete && f.persisted) {
+                only = false;
+                return Err(Error::unavailable("walk stopped"));
+            }
+            Ok(())
+        });
+        match walked {
+            Ok(()) => Ok(true),
+            Err(_) if !only => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Calls `visit` with each page of directory `dir`'s entries, in name order.
@@ -735,7 +790,7 @@ impl Namespace {
 
     /// Status of `path`.
     pub async fn get_status(&self, path: &StrataPath) -> Result<FileInfo> {
-        let rec = self.lookup(path).await?;
+        let rec = self.lookup_unlocked(path).await?;
         self.info(path.clone(), &rec)
     }
 
@@ -749,7 +804,7 @@ impl Namespace {
         limit: usize,
     ) -> Result<ListPage> {
         let limit = limit.clamp(1, LIST_PAGE_MAX);
-        let rec = self.lookup(path).await?;
+        let rec = self.lookup_unlocked(path).await?;
         if !rec.is_dir {
             let entries = match start_after {
                 None => vec![self.info(path.clone(), &rec)?],
@@ -1625,7 +1680,7 @@ impl Namespace {
 
     /// A complete file's blocks, their locations, and its under-store copy.
     pub async fn file_blocks(&self, path: &StrataPath) -> Result<FileBlocks> {
-        let rec = self.lookup(path).await?;
+        let rec = self.lookup_unlocked(path).await?;
         if rec.is_dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),
@@ -1666,7 +1721,7 @@ impl Namespace {
     /// second drops, in bounded batches; neither holds more than one page of a
     /// folder per level.
     pub async fn free(&self, path: &StrataPath) -> Result<u64> {
-        let rec = self.lookup(path).await?;
+        let rec = self.lookup_unlocked(path).await?;
         self.walk_files(path, &rec, |dir, name, f| {
             if f.persisted {
                 return Ok(());

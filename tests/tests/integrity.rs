@@ -1325,3 +1325,51 @@ async fn an_expired_write_spares_an_outside_file_of_the_same_name() {
     assert_eq!(under_store_files(&c.underfs().join("out")), ["p0", "p1"]);
     c.stop().await;
 }
+
+/// A lookup of a path a rename is moving a file to, while the rename is between
+/// its under-store step and its journal entry, waits for the rename: it must
+/// not load the under-store's new name as a second file (which would fail the
+/// rename and lose the file's identity and cached blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lookup_of_a_rename_in_flight_waits_for_it() {
+    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
+    let c = MiniCluster::start(ClusterOptions {
+        master_pause: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut w =
+        c.fs.create(
+            "/d/f",
+            CreateOptions {
+                recursive: true,
+                write_type: Some(WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(b"abc").await.unwrap();
+    let id = w.close().await.unwrap().id;
+    pause.arm();
+    let mut master = master_client(&c);
+    let rename = tokio::spawn(async move {
+        master
+            .rename(proto::RenameRequest {
+                src: "/d/f".into(),
+                dst: "/d/g".into(),
+                request: None,
+            })
+            .await
+    });
+    pause.reached().await;
+    assert!(c.underfs().join("d/g").exists());
+    let fs = c.fs.clone();
+    let lookup = tokio::spawn(async move { fs.get_status("/d/g").await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    pause.release();
+    rename.await.unwrap().expect("the rename completes");
+    assert_eq!(lookup.await.unwrap().unwrap().id, id);
+    assert_eq!(list_names(&c.fs, "/d").await, ["g"]);
+    c.stop().await;
+}

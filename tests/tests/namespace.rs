@@ -372,3 +372,59 @@ async fn concurrent_creates_in_a_new_folder_all_succeed() {
     }
     c.stop().await;
 }
+
+/// A leader that dies between a mutation's under-store step and its journal
+/// entry leaves the under-store changed and the namespace not. The next leader's
+/// metadata sync takes the under-store's word: a file removed there is dropped, a
+/// folder renamed there shows under its new name, a folder made there appears,
+/// and a mutation retried by its client finds the state it expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_store_steps_without_their_entries_are_reconciled_by_sync() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let fs = &c.fs;
+    let ufs = c.underfs();
+    put(fs, "/r/gone", b"1").await;
+    put(fs, "/r/old/f", b"2").await;
+    fs.mkdir("/r/keep", false).await.unwrap();
+    // A folder whose file only Strata holds (written MUST_CACHE).
+    fs.mkdir("/r/mixed", false).await.unwrap();
+    let mut w = fs
+        .create(
+            "/r/mixed/cached",
+            CreateOptions {
+                write_type: Some(WriteType::MustCache),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(b"only here").await.unwrap();
+    w.close().await.unwrap();
+    // The under-store steps of a delete, a rename and a mkdir, done and then lost
+    // with their leader: nothing of them reached the namespace.
+    std::fs::remove_file(ufs.join("r/gone")).unwrap();
+    std::fs::rename(ufs.join("r/old"), ufs.join("r/new")).unwrap();
+    std::fs::create_dir(ufs.join("r/made")).unwrap();
+    std::fs::remove_dir_all(ufs.join("r/mixed")).unwrap();
+
+    // The folder holding bytes only Strata has stays, with them.
+    assert_eq!(list_names(fs, "/r").await, ["keep", "made", "mixed", "new"]);
+    assert_eq!(get(fs, "/r/mixed/cached").await, b"only here");
+    assert!(matches!(
+        fs.get_status("/r/gone").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(get(fs, "/r/new/f").await, b"2");
+    // The client's retries: the rename finds its source gone, the mkdir its
+    // folder there (recursive), and the delete nothing to delete.
+    assert!(matches!(
+        fs.rename("/r/old", "/r/new").await,
+        Err(Error::NotFound { .. })
+    ));
+    fs.mkdir("/r/made", true).await.unwrap();
+    assert!(matches!(
+        fs.delete("/r/gone", false).await,
+        Err(Error::NotFound { .. })
+    ));
+    c.stop().await;
+}
