@@ -13,6 +13,11 @@
 //! - `group`: entries proposed on the leader of a Raft group of 3 masters (in this
 //!   process, over loopback gRPC) vs a group of 1, at 1, 16 and 64 concurrent
 //!   proposers: what replication costs.
+//! - `scale`: a namespace of `--files` files (one folder): a lone master's memory
+//!   (RSS of this process, before vs after), its data on disk, its time from start
+//!   to serving (vs reading its data files once); and in a group of 3, the time a
+//!   wiped, formatted member takes to catch up through a snapshot (vs copying the
+//!   leader's data folder).
 
 use anyhow::Context;
 use clap::Parser;
@@ -43,9 +48,206 @@ struct Args {
     /// Creates per client count in the journal benchmark.
     #[arg(long, default_value_t = 4000)]
     journal_ops: usize,
-    /// Which benchmarks: read, meta, journal, group, or all.
+    /// Which benchmarks: read, meta, journal, group, scale, or all.
     #[arg(long, default_value = "all")]
     only: String,
+    /// Files in the namespace of the scale benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    files: u64,
+}
+
+/// This process's resident memory, in bytes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Bytes of the files below `dir`.
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Reads every file below `dir` once; the bytes read.
+fn read_tree(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            total += read_tree(&p);
+        } else if let Ok(mut f) = std::fs::File::open(&p) {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    total
+}
+
+/// Copies the files below `from` into `to`; the bytes copied.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> u64 {
+    let _ = std::fs::create_dir_all(to);
+    let mut total = 0;
+    for e in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let (p, q) = (e.path(), to.join(e.file_name()));
+        if p.is_dir() {
+            total += copy_tree(&p, &q);
+        } else if let Ok(n) = std::fs::copy(&p, &q) {
+            total += n;
+        }
+    }
+    total
+}
+
+/// Proposes creates `ids` on `journal` from 64 tasks.
+async fn fill(
+    journal: &std::sync::Arc<strata_master::journal::RaftJournal>,
+    ids: std::ops::Range<u64>,
+) {
+    let tasks = 64u64;
+    let per = (ids.end - ids.start).div_ceil(tasks);
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let j = journal.clone();
+            let lo = ids.start + t * per;
+            let hi = (lo + per).min(ids.end);
+            tokio::spawn(async move {
+                for id in lo..hi {
+                    if let Err(e) = j.propose(create_entry(id)).await {
+                        eprintln!("scale: a create failed: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+async fn bench_scale(args: &Args) -> anyhow::Result<()> {
+    let n = args.files;
+    println!("scale: a namespace of {n} files in one folder");
+    // A lone master: memory, disk, start to serving.
+    let rss_before = rss_bytes();
+    let mut g = Group::start(1, Duration::from_millis(50)).await;
+    let journal = g.leader().await.journal.clone();
+    let t = Instant::now();
+    fill(&journal, 2..n + 2).await;
+    let fill_secs = t.elapsed().as_secs_f64();
+    drop(journal);
+    let rss_after = rss_bytes();
+    let names = g.leader().await.names().len();
+    let dir = g
+        .meta_dir(1)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("member dir")?;
+    let disk = tree_bytes(&dir);
+    println!(
+        "  lone master: {names} files created in {fill_secs:.1} s ({:.0}/s)",
+        n as f64 / fill_secs
+    );
+    println!(
+        "  RSS of this process: {:.0} MiB before the master, {:.0} MiB with it and {n} files \
+         (master's share {:.0} MiB)",
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        rss_after.saturating_sub(rss_before) as f64 / 1048576.0
+    );
+    println!(
+        "  data on disk (metastore, log, snapshots): {:.0} MiB",
+        disk as f64 / 1048576.0
+    );
+    g.stop_member(1).await;
+    let t = Instant::now();
+    let read = read_tree(&dir);
+    let read_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    g.start_member(1).await;
+    g.leader().await;
+    let serve_secs = t.elapsed().as_secs_f64();
+    println!(
+        "  start to serving: {serve_secs:.2} s; reading its {:.0} MiB once: {read_secs:.2} s \
+         (ratio {:.2})",
+        read as f64 / 1048576.0,
+        serve_secs / read_secs.max(1e-9)
+    );
+    g.stop().await;
+
+    // A group of 3: a wiped member catches up through a snapshot.
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    let journal = g.leader().await.journal.clone();
+    fill(&journal, 2..n + 2).await;
+    let (index, _) = journal.checkpoint().await?;
+    drop(journal);
+    g.caught_up().await;
+    let leader = g.leader().await.id;
+    let wiped = g
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .map(|m| m.id)
+        .context("a follower")?;
+    g.stop_member(wiped).await;
+    g.wipe_member(wiped);
+    let leader_dir = g
+        .meta_dir(leader)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("dir")?;
+    let copy_to = tempfile::tempdir()?;
+    let t = Instant::now();
+    let copied = copy_tree(&leader_dir, copy_to.path());
+    let copy_secs = t.elapsed().as_secs_f64();
+    drop(copy_to);
+    let t = Instant::now();
+    g.start_member(wiped).await;
+    let member = g
+        .members
+        .iter()
+        .find(|m| m.id == wiped)
+        .map(|m| m.journal.clone())
+        .context("the member")?;
+    while member.status().applied < index {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catch_up = t.elapsed().as_secs_f64();
+    let first = member.status().first_index;
+    let how = if first > 1 {
+        "through a snapshot"
+    } else {
+        "from the log"
+    };
+    println!(
+        "  3 masters: a wiped member caught up to entry {index} in {catch_up:.2} s (its log \
+         starts at {first}: {how}); copying the leader's {:.0} MiB folder: \
+         {copy_secs:.2} s (ratio {:.2})",
+        copied as f64 / 1048576.0,
+        catch_up / copy_secs.max(1e-9)
+    );
+    drop(member);
+    g.stop().await;
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -380,6 +582,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "group" {
         bench_group(&args).await?;
+    }
+    if args.only == "all" || args.only == "scale" {
+        bench_scale(&args).await?;
     }
     Ok(())
 }

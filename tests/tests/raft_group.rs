@@ -535,3 +535,42 @@ async fn an_interrupted_snapshot_installation_is_finished_at_start() {
     assert_identical(&g, 70);
     g.stop().await;
 }
+
+/// The leader believes a member it had caught up still holds everything, so it
+/// sends it nothing new while the group is quiet (and refuses its rejections as
+/// stale). A member wiped and formatted meanwhile notices from the leader's
+/// heartbeats, asks for a snapshot, and catches up with no write to prompt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_of_a_quiet_group_catches_up() {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    let journal = g.leader().await.journal.clone();
+    propose_many(&journal, 2..22).await;
+    g.caught_up().await;
+    let leader_id = g.leader().await.id;
+    let wiped = g.members.iter().find(|m| m.id != leader_id).unwrap().id;
+    assert!(g.stop_member(wiped).await);
+    g.wipe_member(wiped);
+    g.start_member(wiped).await;
+    let index = journal.status().applied;
+    let member = g
+        .members
+        .iter()
+        .find(|m| m.id == wiped)
+        .unwrap()
+        .journal
+        .clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while member.status().applied < index {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "it never caught up: {:?}",
+            member.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(member);
+    drop(journal);
+    g.caught_up().await;
+    assert_identical(&g, 20);
+    g.stop().await;
+}

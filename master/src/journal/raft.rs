@@ -805,7 +805,24 @@ impl Driver {
                             // nothing: entries come again by append or snapshot.
                             let log = &self.node.raft.raft_log;
                             if m.commit > log.last_index() {
+                                // It would also never send them again: it sends
+                                // only past what it believes this master holds.
+                                // Ask for a snapshot the way raft-rs's own
+                                // request does (a rejection naming the index),
+                                // so the leader starts over with one.
+                                let ask = raft::eraftpb::Message {
+                                    msg_type: MessageType::MsgAppendResponse,
+                                    to: m.from,
+                                    from: self.opts.id,
+                                    term: m.term,
+                                    index: m.commit,
+                                    reject: true,
+                                    reject_hint: log.last_index(),
+                                    request_snapshot: m.commit,
+                                    ..Default::default()
+                                };
                                 m.commit = log.committed;
+                                self.send(vec![ask]);
                             }
                         }
                         MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
