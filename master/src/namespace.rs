@@ -938,7 +938,10 @@ impl Namespace {
         }
         if let Some(rec) = r.found() {
             if rec.is_dir && recursive {
-                return self.info(path.clone(), rec);
+                // Success read from this master's state: only if it still leads.
+                let info = self.info(path.clone(), rec)?;
+                self.read_barrier().await?;
+                return Ok(info);
             }
             return Err(Error::AlreadyExists {
                 path: path.to_string(),
@@ -1438,6 +1441,7 @@ impl Namespace {
         }
         let rec = self.lookup(src).await?;
         if src == dst {
+            self.read_barrier().await?;
             return Ok(());
         }
         if dst.starts_with(src) {

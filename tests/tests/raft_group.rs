@@ -202,9 +202,9 @@ async fn serving(masters: &[RunningMaster]) -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
-    let root = tempfile::tempdir().unwrap();
+/// Three `strata_master` instances on 127.0.0.1-3 sharing an rpc port, each with
+/// a client that knows only it.
+async fn start_three(root: &std::path::Path) -> Vec<RunningMaster> {
     let (rpc_port, raft_port) = (free_port(), free_port());
     let peers: Vec<String> = (1..=3)
         .map(|id| format!("\"{id}@127.0.0.{id}:{raft_port}\""))
@@ -212,7 +212,7 @@ async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
     let mut masters = Vec::new();
     for id in 1..=3u64 {
         let mut config = strata_tests::test_config(
-            &root.path().join(format!("m{id}")),
+            &root.join(format!("m{id}")),
             &[
                 ("master.id", id.to_string()),
                 ("master.bind_host", format!("\"127.0.0.{id}\"")),
@@ -240,6 +240,13 @@ async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
             address,
         });
     }
+    masters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_serve_from_the_leader_and_point_clients_to_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut masters = start_three(root.path()).await;
 
     // A client that knows all three masters.
     let mut config = strata_tests::test_config(root.path(), &[]);
@@ -573,4 +580,43 @@ async fn a_wiped_member_of_a_quiet_group_catches_up() {
     g.caught_up().await;
     assert_identical(&g, 20);
     g.stop().await;
+}
+
+/// A leader cut off from the others (it does not know yet) answers no refusal
+/// from its state, which may be stale: a create of a name it holds is not
+/// "already exists" until it has confirmed it still leads; here it cannot, so
+/// the caller is told to go elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_leader_answers_no_refusal_from_its_state() {
+    let root = tempfile::tempdir().unwrap();
+    let mut masters = start_three(root.path()).await;
+    let l = serving(&masters).await;
+    masters[l].fs.mkdir("/x", false).await.unwrap();
+    let leader = masters.remove(l);
+    for m in masters {
+        m.stop.cancel();
+        let mut h = m.handle;
+        h.wait().await.unwrap();
+    }
+    let mut client = FileSystemMasterClient::connect(format!("http://{}", leader.address))
+        .await
+        .unwrap();
+    let answer = client
+        .create_directory(proto::CreateDirectoryRequest {
+            path: "/x".into(),
+            recursive: false,
+            request: None,
+        })
+        .await
+        .map_err(Error::from);
+    assert!(
+        matches!(
+            answer,
+            Err(Error::Unavailable { .. } | Error::NotLeader { .. })
+        ),
+        "{answer:?}"
+    );
+    leader.stop.cancel();
+    let mut h = leader.handle;
+    h.wait().await.unwrap();
 }

@@ -73,6 +73,21 @@ impl Reply for (FileInfo, Option<UfsLocation>) {
     }
 }
 
+/// Whether `e` is a refusal decided by the namespace's state.
+fn answers_from_state(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotFound { .. }
+            | Error::AlreadyExists { .. }
+            | Error::NotADirectory { .. }
+            | Error::IsADirectory { .. }
+            | Error::DirectoryNotEmpty { .. }
+            | Error::NotPermitted { .. }
+            | Error::NotAMountPoint { .. }
+            | Error::FileIncomplete { .. }
+    )
+}
+
 fn answer<T: Reply>(recorded: Result<Vec<u8>>) -> Result<T> {
     recorded.and_then(|bytes| T::decode_reply(&bytes))
 }
@@ -95,8 +110,21 @@ impl Namespace {
         }
         match run.await {
             Ok(v) => Ok(v),
-            // The first attempt may have run meanwhile, and be why this one failed.
-            Err(e) => self.answered(req, kind)?.unwrap_or(Err(e)),
+            Err(e) => {
+                // The first attempt may have run meanwhile, and be why this one
+                // failed.
+                if let Some(done) = self.answered(req, kind)? {
+                    return done;
+                }
+                // A refusal read from this master's state (the name taken, the
+                // file gone) is an answer about the namespace: it stands only if
+                // this master still led when it read (a deposed leader that does
+                // not know it yet would answer from a stale state).
+                if answers_from_state(&e) {
+                    self.read_barrier().await?;
+                }
+                Err(e)
+            }
         }
     }
 
