@@ -1557,7 +1557,7 @@ impl Namespace {
         }
         let ufs = self.stores.get(uri)?;
         for m in self.store.mounts() {
-            if uris_overlap(&m.uri, ufs.uri()) {
+            if crate::store::uris_overlap(&m.uri, ufs.uri()) {
                 return Err(Error::NotPermitted {
                     path: path.to_string(),
                     reason: format!("{uri} overlaps the mount {} ({})", m.path, m.uri),
@@ -1853,18 +1853,10 @@ fn prefix_path<S: AsRef<str>>(names: &[S]) -> String {
 }
 
 /// Whether one URI's folder contains the other's.
-fn uris_overlap(a: &str, b: &str) -> bool {
-    let norm = |u: &str| {
-        let s = u.strip_prefix("file://").unwrap_or(u).trim_end_matches('/');
-        format!("{s}/")
-    };
-    let (a, b) = (norm(a), norm(b));
-    a.starts_with(&b) || b.starts_with(&a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::uris_overlap;
 
     #[test]
     fn overlapping_uris() {

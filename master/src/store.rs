@@ -106,6 +106,16 @@ pub struct Applied {
     pub replayed: Option<Result<Vec<u8>>>,
 }
 
+/// Whether two under-store URIs name the same folder or one inside the other.
+pub fn uris_overlap(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        let s = u.strip_prefix("file://").unwrap_or(u).trim_end_matches('/');
+        format!("{s}/")
+    };
+    let (a, b) = (norm(a), norm(b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
 /// Whether an apply error is the store failing (fatal), rather than a deterministic
 /// conflict between the entry and the state.
 pub fn is_storage_failure(e: &Error) -> bool {
@@ -1186,6 +1196,29 @@ impl<'a> Tx<'a> {
                 reason: format!("mount id {} is already in use", mount.mount_id),
             });
         }
+        // The handler checks these too, against the table it saw; two mounts
+        // racing past it (on one leader, or on two) meet here, in log order.
+        if let Some(m) = self
+            .mounts
+            .iter()
+            .find(|m| uris_overlap(&m.uri, &mount.uri))
+        {
+            return Err(Error::NotPermitted {
+                path: mount.path.clone(),
+                reason: format!("{} overlaps the mount {} ({})", mount.uri, m.path, m.uri),
+            });
+        }
+        if let Some(m) = self.mounts.iter().find(|m| {
+            m.path != "/"
+                && mount
+                    .path
+                    .starts_with(&format!("{}/", m.path.trim_end_matches('/')))
+        }) {
+            return Err(Error::NotPermitted {
+                path: mount.path.clone(),
+                reason: format!("lies inside the mount {}; mounts cannot nest", m.path),
+            });
+        }
         if inode.id == FileId::ROOT.0 {
             let mut root = self
                 .inode(FileId::ROOT.0)?
@@ -1515,17 +1548,40 @@ mod tests {
         );
         s.apply(4, &mount("/m", 20, 2)).unwrap();
         assert_eq!(s.mounts().len(), 2);
+        // Mounts that raced past their handlers meet here, in log order: one
+        // whose folder overlaps a mount's, or one inside a mount, is refused.
+        let raced = |path: &str, parent: u64, inode: u64, id: u64, uri: &str| -> JournalEntry {
+            Op::Mount(MountEntry {
+                parent_id: parent,
+                inode: Some(dir(inode, parent, path.rsplit('/').next().unwrap(), 0)),
+                mount: Some(MountRecord {
+                    mount_id: id,
+                    inode_id: inode,
+                    path: path.into(),
+                    uri: uri.into(),
+                    read_only: false,
+                }),
+            })
+            .into()
+        };
+        let err = s.apply(5, &raced("/o", 1, 21, 3, "/20/sub/")).unwrap_err();
+        assert!(err.to_string().contains("overlaps the mount /m"), "{err}");
+        let err = s
+            .apply(6, &raced("/m/n", 20, 22, 4, "file:///elsewhere"))
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot nest"), "{err}");
+        assert_eq!(s.mounts().len(), 2);
 
         let first = s.cluster_id();
         assert!(!s.cluster_id_journaled().unwrap());
         let set =
             |id: &str| -> JournalEntry { Op::ClusterId(ClusterIdEntry { id: id.into() }).into() };
-        s.apply(5, &set("c-one")).unwrap();
+        s.apply(7, &set("c-one")).unwrap();
         assert_ne!(s.cluster_id(), first);
         assert_eq!(s.cluster_id(), "c-one");
-        s.apply(6, &set("c-two")).unwrap();
+        s.apply(8, &set("c-two")).unwrap();
         assert_eq!(s.cluster_id(), "c-one", "the first journaled id stays");
-        assert!(s.apply(7, &set("")).is_err());
+        assert!(s.apply(9, &set("")).is_err());
         drop(s);
         let s = MetaStore::open(d.path(), 100).unwrap();
         assert_eq!(s.cluster_id(), "c-one");
