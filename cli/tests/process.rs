@@ -751,6 +751,16 @@ impl Group {
 /// state machines are identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_of_three_masters_loses_no_acknowledged_create() {
+    kill_one_of_three(true).await;
+}
+
+/// The same with a follower killed: the two others go on, and it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_follower_of_three_masters_loses_no_acknowledged_create() {
+    kill_one_of_three(false).await;
+}
+
+async fn kill_one_of_three(kill_leader: bool) {
     let root = tempfile::tempdir().unwrap();
     let ufs = root.path().join("ufs");
     std::fs::create_dir_all(&ufs).unwrap();
@@ -809,7 +819,12 @@ async fn killing_the_leader_of_three_masters_loses_no_acknowledged_create() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = std::time::Instant::now();
-    g.masters[leader].take().unwrap().kill();
+    let victim = if kill_leader {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
+    g.masters[victim].take().unwrap().kill();
     let new_leader = g.leader().await;
     let serving_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -824,8 +839,9 @@ async fn killing_the_leader_of_three_masters_loses_no_acknowledged_create() {
         acked.extend(a);
         unknown += u;
     }
+    let killed = if kill_leader { "leader" } else { "follower" };
     println!(
-        "three masters: leader killed; a new leader served after {serving_after:?}; \
+        "three masters: {killed} killed; a leader served after {serving_after:?}; \
          {} creates acknowledged, {unknown} with an unknown outcome",
         acked.len()
     );
@@ -854,9 +870,9 @@ async fn killing_the_leader_of_three_masters_loses_no_acknowledged_create() {
     // Exactly the acknowledged files: none lost, none made twice by a retry.
     assert_eq!(names.len(), acked.len());
 
-    // The old leader comes back and catches up; then every master stops and the
+    // The killed master comes back and catches up; then every master stops and the
     // three state machines are compared.
-    g.start(leader);
+    g.start(victim);
     let reports = || async {
         strata_client::admin::journal_reports(&cfg)
             .await
