@@ -175,6 +175,17 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
     async fn rename(&self, src: &UfsPath, dst: &UfsPath) -> Result<()>;
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`;
+/// `None` if it cannot be asked.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// Opens the under-store a mount URI names: `file:///abs/dir` or `/abs/dir` for a
 /// local folder. Schemes not built yet answer with a clear error.
 pub fn open(uri: &str) -> Result<Arc<dyn UnderStore>> {

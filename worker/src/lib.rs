@@ -10,7 +10,7 @@ pub mod store;
 
 use metrics::WorkerMetrics;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,15 +164,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 /// Picks the MEM tier's folder: under `worker.mem_dir` (tmpfs) when it exists and
 /// has room for the quota, else `<data_dir>/worker/mem`, saying why.
 pub fn mem_tier_dir(cfg: &SiteConfig) -> Result<PathBuf> {
@@ -193,7 +184,7 @@ pub fn mem_tier_dir(cfg: &SiteConfig) -> Result<PathBuf> {
         });
     let shm = &cfg.worker.mem_dir;
     let quota = cfg.worker.mem_quota.0;
-    let reason = match free_bytes(shm) {
+    let reason = match strata_ufs::free_bytes(shm) {
         None => format!("{} does not exist", shm.display()),
         Some(free) => {
             let dir = shm.join(format!("strata-worker-{tag:016x}"));
@@ -440,7 +431,7 @@ async fn heartbeat_loop(d: HeartbeatDeps, shutdown: CancellationToken) {
 mod tests {
     use super::*;
 
-    fn cfg(data: &Path, mem_dir: &Path, quota: u64) -> SiteConfig {
+    fn cfg(data: &std::path::Path, mem_dir: &std::path::Path, quota: u64) -> SiteConfig {
         let mut c = SiteConfig {
             data_dir: data.to_path_buf(),
             ..Default::default()

@@ -42,6 +42,12 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Largest snapshot file accepted (a checkpoint's table files are far smaller).
 const MAX_SNAPSHOT_FILE_BYTES: u64 = 1 << 40;
+/// Free space kept on the snapshot folder's filesystem beyond what a snapshot
+/// needs (the journal's next appends must still fit).
+const SNAPSHOT_SPACE_RESERVE: u64 = 256 << 20;
+/// Space a snapshot needs, in multiples of its size: the received files, the
+/// tables exported from them, and their copies ingested into the metastore.
+const SNAPSHOT_SPACE_FACTOR: u64 = 3;
 
 /// Tells the node how sending a snapshot to peer `to` went.
 pub type SnapshotReport = Box<dyn Fn(u64, bool) + Send + Sync>;
@@ -404,7 +410,11 @@ impl RaftPeerService {
         }
         std::fs::create_dir_all(tmp)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", tmp.display())))?;
-        let mut rx = SnapshotReceiver::new(tmp.to_path_buf());
+        // Received only if installing it fits the disk: a full disk would stop
+        // the journal's appends.
+        let free = strata_ufs::free_bytes(tmp).unwrap_or(u64::MAX);
+        let budget = free.saturating_sub(SNAPSHOT_SPACE_RESERVE) / SNAPSHOT_SPACE_FACTOR;
+        let mut rx = SnapshotReceiver::new(tmp.to_path_buf(), budget);
         loop {
             let chunk = stream
                 .message()
@@ -421,6 +431,9 @@ impl RaftPeerService {
 /// came before: plain names, each file once and whole, in order, within bounds.
 pub struct SnapshotReceiver {
     dir: std::path::PathBuf,
+    /// Most bytes of files accepted in all.
+    budget: u64,
+    announced: u64,
     current: Option<(String, std::fs::File, u64, u64)>,
     seen: std::collections::HashSet<String>,
     /// Files and bytes received.
@@ -429,10 +442,12 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    /// Receives into `dir` (which exists and is empty).
-    pub fn new(dir: std::path::PathBuf) -> SnapshotReceiver {
+    /// Receives into `dir` (which exists and is empty) at most `budget` bytes.
+    pub fn new(dir: std::path::PathBuf, budget: u64) -> SnapshotReceiver {
         SnapshotReceiver {
             dir,
+            budget,
+            announced: 0,
             current: None,
             seen: Default::default(),
             files: 0,
@@ -476,6 +491,17 @@ impl SnapshotReceiver {
                     "file {} of {} bytes",
                     c.file, c.file_length
                 )));
+            }
+            self.announced = self.announced.saturating_add(c.file_length);
+            if self.announced > self.budget {
+                return Err(Error::NoSpace {
+                    what: "snapshot".into(),
+                    reason: format!(
+                        "{} bytes of files so far, more than the {} bytes the disk can take \
+                         for an installation",
+                        self.announced, self.budget
+                    ),
+                });
             }
             let path = self.dir.join(&c.file);
             let f = std::fs::File::create_new(&path)
@@ -587,7 +613,7 @@ mod tests {
     /// Feeds `chunks` to a fresh receiver: the first error, or the files made.
     fn receive(chunks: Vec<proto::SnapshotChunk>) -> Result<Vec<(String, Vec<u8>)>> {
         let dir = tempfile::tempdir().unwrap();
-        let mut rx = SnapshotReceiver::new(dir.path().to_path_buf());
+        let mut rx = SnapshotReceiver::new(dir.path().to_path_buf(), 1 << 30);
         let mut complete = false;
         for c in chunks {
             assert!(!complete, "chunks after the end");
@@ -655,5 +681,11 @@ mod tests {
         }
         // No end: not complete.
         assert!(receive(vec![chunk("f", 1, 0, b"a")]).is_err());
+        // More than the disk can take for an installation.
+        let d = tempfile::tempdir().unwrap();
+        let mut rx = SnapshotReceiver::new(d.path().to_path_buf(), 5);
+        rx.take(chunk("a", 3, 0, b"abc")).unwrap();
+        let full = rx.take(chunk("b", 3, 0, b"def"));
+        assert!(matches!(full, Err(Error::NoSpace { .. })), "{full:?}");
     }
 }
