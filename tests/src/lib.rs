@@ -374,3 +374,36 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Writes `data` to `path` (parents made) with `CACHE_THROUGH`, so it is in the
+/// under-store too; its file id.
+pub async fn write_through(fs: &FileSystem, path: &str, data: &[u8]) -> strata_common::ids::FileId {
+    let mut w = fs
+        .create(
+            path,
+            strata_client::CreateOptions {
+                recursive: true,
+                write_type: Some(strata_client::WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    w.write(data).await.expect("write");
+    w.close().await.expect("close").id
+}
+
+/// A mini-cluster whose master's mutations stop after their under-store step
+/// when the returned pause point is armed.
+pub async fn paused_cluster() -> (
+    MiniCluster,
+    std::sync::Arc<strata_master::oplock::PausePoint>,
+) {
+    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
+    let c = MiniCluster::start(ClusterOptions {
+        master_pause: Some(pause.clone()),
+        ..Default::default()
+    })
+    .await;
+    (c, pause)
+}

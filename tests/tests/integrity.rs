@@ -1332,25 +1332,8 @@ async fn an_expired_write_spares_an_outside_file_of_the_same_name() {
 /// rename and lose the file's identity and cached blocks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lookup_of_a_rename_in_flight_waits_for_it() {
-    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
-    let c = MiniCluster::start(ClusterOptions {
-        master_pause: Some(pause.clone()),
-        ..Default::default()
-    })
-    .await;
-    let mut w =
-        c.fs.create(
-            "/d/f",
-            CreateOptions {
-                recursive: true,
-                write_type: Some(WriteType::CacheThrough),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    w.write(b"abc").await.unwrap();
-    let id = w.close().await.unwrap().id;
+    let (c, pause) = strata_tests::paused_cluster().await;
+    let id = strata_tests::write_through(&c.fs, "/d/f", b"abc").await;
     pause.arm();
     let mut master = master_client(&c);
     let rename = tokio::spawn(async move {

@@ -410,19 +410,25 @@ async fn reads_during_an_election_are_answered() {
     g.stop().await;
 }
 
+/// A group of 3 whose members take a snapshot every 30 entries and keep 5 behind
+/// it (restarted with those settings after the first start).
+async fn compacting_group() -> Group {
+    let mut g = Group::start(3, Duration::from_millis(50)).await;
+    g.compaction = (30, 5);
+    for id in 1..=3 {
+        assert!(g.stop_member(id).await);
+        g.start_member(id).await;
+    }
+    g
+}
+
 /// A member whose data was wiped (a format) while the others compacted their
 /// logs cannot catch up from the log: it receives the leader's snapshot, streamed
 /// in chunks, installs it and goes on from the log. Then it serves as leader
 /// with the whole state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_member_catches_up_through_a_snapshot_and_can_lead() {
-    let mut g = Group::start(3, Duration::from_millis(50)).await;
-    g.compaction = (30, 5);
-    // Members restart with small logs: snapshots come every 30 entries.
-    for id in 1..=3 {
-        assert!(g.stop_member(id).await);
-        g.start_member(id).await;
-    }
+    let mut g = compacting_group().await;
     let journal = g.leader().await.journal.clone();
     propose_many(&journal, 2..42).await;
     g.caught_up().await;
@@ -484,12 +490,7 @@ async fn a_wiped_member_catches_up_through_a_snapshot_and_can_lead() {
 /// it starts again, from the files it received, before anything reads its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_snapshot_installation_is_finished_at_start() {
-    let mut g = Group::start(3, Duration::from_millis(50)).await;
-    g.compaction = (30, 5);
-    for id in 1..=3 {
-        assert!(g.stop_member(id).await);
-        g.start_member(id).await;
-    }
+    let mut g = compacting_group().await;
     let journal = g.leader().await.journal.clone();
     propose_many(&journal, 2..22).await;
     g.caught_up().await;

@@ -3,7 +3,7 @@
 //! applied twice: a create gets the file it made, a delete or rename succeeds, a
 //! conflict is reported again even if the state changed since.
 
-use strata_client::{CreateOptions, Error, WriteType};
+use strata_client::Error;
 use strata_common::proto::{self, file_system_master_client::FileSystemMasterClient};
 use strata_tests::{list_names, ClusterOptions, MiniCluster};
 use tonic::transport::Channel;
@@ -175,23 +175,8 @@ async fn a_conflict_is_answered_again_even_after_the_state_changed() {
 /// first attempt's result instead of reporting the source gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_racing_its_first_attempt_gets_the_first_answer() {
-    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
-    let c = MiniCluster::start(ClusterOptions {
-        master_pause: Some(pause.clone()),
-        ..Default::default()
-    })
-    .await;
-    let w =
-        c.fs.create(
-            "/a",
-            CreateOptions {
-                write_type: Some(WriteType::CacheThrough),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let file = w.close().await.unwrap().id;
+    let (c, pause) = strata_tests::paused_cluster().await;
+    let file = strata_tests::write_through(&c.fs, "/a", b"").await;
     let rename = || proto::RenameRequest {
         src: "/a".into(),
         dst: "/b".into(),
@@ -267,23 +252,8 @@ async fn malformed_request_ids_are_refused() {
 /// neither that folder nor its under-store copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_never_touches_what_another_client_made_since() {
-    let pause = std::sync::Arc::new(strata_master::oplock::PausePoint::default());
-    let c = MiniCluster::start(ClusterOptions {
-        master_pause: Some(pause.clone()),
-        ..Default::default()
-    })
-    .await;
-    let w =
-        c.fs.create(
-            "/x",
-            CreateOptions {
-                write_type: Some(WriteType::CacheThrough),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    w.close().await.unwrap();
+    let (c, pause) = strata_tests::paused_cluster().await;
+    strata_tests::write_through(&c.fs, "/x", b"").await;
     let delete = || proto::DeleteRequest {
         path: "/x".into(),
         recursive: false,
