@@ -911,3 +911,89 @@ async fn kill_one_of_three(kill_leader: bool) {
         "identical state machines"
     );
 }
+
+/// A master of three is stopped, its data erased with `strata format`, and
+/// started again: it receives the leader's snapshot (the others still believe
+/// it holds everything), catches up, and the three metastores are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_formatted_master_rejoins_its_group_through_a_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let ufs = root.path().join("ufs");
+    std::fs::create_dir_all(&ufs).unwrap();
+    let mut g = Group {
+        masters: vec![None, None, None],
+        dirs: (1..=3).map(|i| root.path().join(format!("m{i}"))).collect(),
+        ufs,
+        rpc_port: free_port(),
+        raft_port: free_port(),
+    };
+    for i in 0..3 {
+        g.start(i);
+    }
+    let leader = g.leader().await;
+    let mut cfg = test_config(Path::new("/nonexistent"), &[]);
+    cfg.master_addresses = (0..3).map(|i| g.address(i)).collect();
+    let fs = FileSystem::connect(&cfg).await.unwrap();
+    for i in 0..200 {
+        fs.mkdir(&format!("/d{i}"), false).await.unwrap();
+    }
+    let formatted = (leader + 1) % 3;
+    let status = g.masters[formatted].take().unwrap().terminate();
+    assert!(status.success(), "{status}");
+    let out = Command::new(BIN)
+        .args(["format", "--data-dir", g.dirs[formatted].to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Formatted journal") && said.contains("Formatted metastore"),
+        "{said}"
+    );
+    g.start(formatted);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let reports = strata_client::admin::journal_reports(&cfg).await;
+        let applied: Vec<u64> = reports
+            .iter()
+            .map(|(_, r)| r.as_ref().map(|r| r.applied_index).unwrap_or(0))
+            .collect();
+        let first = reports[formatted]
+            .1
+            .as_ref()
+            .map(|r| r.first_index)
+            .unwrap_or(0);
+        if applied.iter().all(|a| *a == applied[leader] && *a > 0) {
+            assert!(
+                first > 1,
+                "it caught up through a snapshot, not from entry 1"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(strata_tests::list_names(&fs, "/").await.len(), 200);
+    for m in g.masters.iter_mut() {
+        let status = m.take().unwrap().terminate();
+        assert!(status.success(), "{status}");
+    }
+    let dumps: Vec<_> = g
+        .dirs
+        .iter()
+        .map(|d| {
+            strata_master::store::MetaStore::open(&d.join("master").join("metastore"), 10)
+                .unwrap()
+                .dump()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        dumps[0] == dumps[1] && dumps[1] == dumps[2],
+        "identical state machines"
+    );
+}
