@@ -694,6 +694,45 @@ impl Group {
         format!("127.0.0.{}:{}", i + 1, self.rpc_port)
     }
 
+    /// Three masters with their folders under `root`, all started.
+    fn start_all(root: &Path) -> Group {
+        let ufs = root.join("ufs");
+        std::fs::create_dir_all(&ufs).unwrap();
+        let mut g = Group {
+            masters: vec![None, None, None],
+            dirs: (1..=3).map(|i| root.join(format!("m{i}"))).collect(),
+            ufs,
+            rpc_port: free_port(),
+            raft_port: free_port(),
+        };
+        for i in 0..3 {
+            g.start(i);
+        }
+        g
+    }
+
+    /// Stops every master and checks the three state machines are identical.
+    fn stop_and_compare(&mut self) {
+        for m in self.masters.iter_mut() {
+            let status = m.take().unwrap().terminate();
+            assert!(status.success(), "{status}");
+        }
+        let dumps: Vec<_> = self
+            .dirs
+            .iter()
+            .map(|d| {
+                strata_master::store::MetaStore::open(&d.join("master").join("metastore"), 10)
+                    .unwrap()
+                    .dump()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            dumps[0] == dumps[1] && dumps[1] == dumps[2],
+            "identical state machines"
+        );
+    }
+
     fn start(&mut self, i: usize) {
         let peers: Vec<String> = (1..=3)
             .map(|id| format!("\"{id}@127.0.0.{id}:{}\"", self.raft_port))
@@ -762,18 +801,7 @@ async fn killing_a_follower_of_three_masters_loses_no_acknowledged_create() {
 
 async fn kill_one_of_three(kill_leader: bool) {
     let root = tempfile::tempdir().unwrap();
-    let ufs = root.path().join("ufs");
-    std::fs::create_dir_all(&ufs).unwrap();
-    let mut g = Group {
-        masters: vec![None, None, None],
-        dirs: (1..=3).map(|i| root.path().join(format!("m{i}"))).collect(),
-        ufs,
-        rpc_port: free_port(),
-        raft_port: free_port(),
-    };
-    for i in 0..3 {
-        g.start(i);
-    }
+    let mut g = Group::start_all(root.path());
     let leader = g.leader().await;
 
     let mut cfg = test_config(Path::new("/nonexistent"), &[]);
@@ -892,24 +920,7 @@ async fn kill_one_of_three(kill_leader: bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for m in g.masters.iter_mut() {
-        let status = m.take().unwrap().terminate();
-        assert!(status.success(), "{status}");
-    }
-    let dumps: Vec<_> = g
-        .dirs
-        .iter()
-        .map(|d| {
-            strata_master::store::MetaStore::open(&d.join("master").join("metastore"), 10)
-                .unwrap()
-                .dump()
-                .unwrap()
-        })
-        .collect();
-    assert!(
-        dumps[0] == dumps[1] && dumps[1] == dumps[2],
-        "identical state machines"
-    );
+    g.stop_and_compare();
 }
 
 /// A master of three is stopped, its data erased with `strata format`, and
@@ -918,18 +929,7 @@ async fn kill_one_of_three(kill_leader: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_formatted_master_rejoins_its_group_through_a_snapshot() {
     let root = tempfile::tempdir().unwrap();
-    let ufs = root.path().join("ufs");
-    std::fs::create_dir_all(&ufs).unwrap();
-    let mut g = Group {
-        masters: vec![None, None, None],
-        dirs: (1..=3).map(|i| root.path().join(format!("m{i}"))).collect(),
-        ufs,
-        rpc_port: free_port(),
-        raft_port: free_port(),
-    };
-    for i in 0..3 {
-        g.start(i);
-    }
+    let mut g = Group::start_all(root.path());
     let leader = g.leader().await;
     let mut cfg = test_config(Path::new("/nonexistent"), &[]);
     cfg.master_addresses = (0..3).map(|i| g.address(i)).collect();
@@ -978,22 +978,5 @@ async fn a_formatted_master_rejoins_its_group_through_a_snapshot() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(strata_tests::list_names(&fs, "/").await.len(), 200);
-    for m in g.masters.iter_mut() {
-        let status = m.take().unwrap().terminate();
-        assert!(status.success(), "{status}");
-    }
-    let dumps: Vec<_> = g
-        .dirs
-        .iter()
-        .map(|d| {
-            strata_master::store::MetaStore::open(&d.join("master").join("metastore"), 10)
-                .unwrap()
-                .dump()
-                .unwrap()
-        })
-        .collect();
-    assert!(
-        dumps[0] == dumps[1] && dumps[1] == dumps[2],
-        "identical state machines"
-    );
+    g.stop_and_compare();
 }

@@ -1225,6 +1225,19 @@ mod tests {
         journal: RaftJournal,
     }
 
+    /// Master 1 of a group of three whose peers cannot be reached.
+    fn three_unreachable() -> RaftOptions {
+        RaftOptions {
+            voters: vec![1, 2, 3],
+            peers: [
+                (2, "127.0.0.1:9".to_string()),
+                (3, "127.0.0.1:9".to_string()),
+            ]
+            .into(),
+            ..RaftOptions::single()
+        }
+    }
+
     async fn open(dir: &Path, opts: RaftOptions) -> Result<Node> {
         let store = Arc::new(MetaStore::open(&dir.join("meta"), 1000)?);
         let journal = RaftJournal::start(&dir.join("journal"), store.clone(), opts)?;
@@ -1610,15 +1623,7 @@ mod tests {
             .unwrap()
             .close()
             .await;
-        let three = RaftOptions {
-            voters: vec![1, 2, 3],
-            peers: [
-                (2, "127.0.0.1:9".to_string()),
-                (3, "127.0.0.1:9".to_string()),
-            ]
-            .into(),
-            ..RaftOptions::single()
-        };
+        let three = three_unreachable();
         let err = open(dir.path(), three).await.err().expect("refused");
         assert!(err.to_string().contains("membership is fixed"), "{err}");
     }
@@ -1648,16 +1653,10 @@ mod tests {
     async fn a_new_member_stays_out_of_elections_for_a_while_even_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let three = || RaftOptions {
-            voters: vec![1, 2, 3],
-            peers: [
-                (2, "127.0.0.1:9".to_string()),
-                (3, "127.0.0.1:9".to_string()),
-            ]
-            .into(),
             tick: Duration::from_millis(100),
             // A long window, so the restart below lands inside it.
             election_ticks: 20,
-            ..RaftOptions::single()
+            ..three_unreachable()
         };
         let vote = |term| raft::eraftpb::Message {
             msg_type: MessageType::MsgRequestVote,
@@ -1696,15 +1695,7 @@ mod tests {
         n.journal.propose(create(2)).await.unwrap();
         n.close().await;
         std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
-        let three = RaftOptions {
-            voters: vec![1, 2, 3],
-            peers: [
-                (2, "127.0.0.1:9".to_string()),
-                (3, "127.0.0.1:9".to_string()),
-            ]
-            .into(),
-            ..RaftOptions::single()
-        };
+        let three = three_unreachable();
         let err = open(dir.path(), three).await.err().expect("refused");
         assert!(err.to_string().contains("needs its journal"), "{err}");
         // Alone, the same metastore goes on (its history taken as compacted).
