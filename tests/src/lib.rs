@@ -7,6 +7,7 @@
 //! tmpfs tiers.
 
 pub mod group;
+pub mod lazyfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
