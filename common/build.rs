@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Data chunks travel as `Bytes`, so a chunk is never copied on its way through.
         .bytes(".")
+        // Mount options in key order: the same options always encode the same.
+        .btree_map(".strata.v1.MountPointInfo.options")
+        .btree_map(".strata.v1.MountRequest.options")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -221,9 +221,14 @@ pub enum FsCommand {
         /// Refuse writes through this mount.
         #[arg(long)]
         readonly: bool,
+        /// A backend option, `KEY=VALUE` (repeatable): `s3.endpoint`, `s3.region`,
+        /// `s3.path_style`, `s3.profile`, `s3.part_size`. Credentials are never
+        /// options: each daemon takes them from its AWS environment.
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
         /// Strata path (must not exist).
         path: Option<String>,
-        /// Under-store: `file:///folder` or `/folder`.
+        /// Under-store: `file:///folder`, `/folder` or `s3://bucket/prefix`.
         uri: Option<String>,
     },
     /// Remove a mount (the under-store keeps its files).
@@ -670,17 +675,40 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
         }
         FsCommand::Mount {
             readonly,
+            options,
             path,
             uri,
         } => match (path, uri) {
             (Some(p), Some(u)) => {
-                fs.mount(p, u, *readonly).await?;
+                let mut parsed = strata_client::MountOptions::new();
+                for o in options {
+                    let Some((k, v)) = o.split_once('=') else {
+                        anyhow::bail!("--option {o:?}: expected KEY=VALUE");
+                    };
+                    if parsed.insert(k.to_string(), v.to_string()).is_some() {
+                        anyhow::bail!("--option {k} is given twice");
+                    }
+                }
+                fs.mount_with_options(p, u, *readonly, &parsed).await?;
                 println!("Mounted {u} at {p}");
             }
             (None, None) => {
+                if !options.is_empty() {
+                    anyhow::bail!("--option needs PATH and URI");
+                }
                 for m in fs.mount_table().await? {
                     let ro = if m.read_only { " (readonly)" } else { "" };
-                    println!("{}  on  {}{ro}", m.uri, m.path);
+                    let opts: Vec<String> = m
+                        .options
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", shown_option(k, v)))
+                        .collect();
+                    let opts = if opts.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", opts.join(", "))
+                    };
+                    println!("{}  on  {}{ro}{opts}", m.uri, m.path);
                 }
             }
             _ => anyhow::bail!("mount takes both PATH and URI, or neither to list the mounts"),
@@ -745,6 +773,21 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// An option's value as `fs mount` lists it: masked when its name says it is a
+/// secret. No backend takes secrets as options today; this keeps one that a
+/// future backend might from ever being printed.
+fn shown_option<'a>(key: &str, value: &'a str) -> &'a str {
+    let k = key.to_ascii_lowercase();
+    if ["secret", "password", "token", "credential", "access_key"]
+        .iter()
+        .any(|w| k.contains(w))
+    {
+        "****"
+    } else {
+        value
+    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,27 @@ fn errors_print_one_line_and_exit_non_zero() {
         "{err}"
     );
 
+    // A mount option that is not KEY=VALUE is refused before anything is asked.
+    let out = Command::new(BIN)
+        .args([
+            "fs",
+            "--master",
+            &format!("127.0.0.1:{port}"),
+            "mount",
+            "--option",
+            "s3.region",
+            "/s3",
+            "s3://bucket",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("KEY=VALUE") && err.contains("s3.region"),
+        "{err}"
+    );
+
     let out = Command::new(BIN)
         .args(["master", "-D", "worker.mem_quota=lots"])
         .output()

@@ -33,8 +33,8 @@ mod writer;
 pub use reader::FileReader;
 pub use strata_common::config::SiteConfig;
 pub use strata_common::types::{
-    BlockLocation, FileBlocks, FileInfo, FileKind, MountPointInfo, ReadType, UfsLocation,
-    WorkerAddress, WriteType,
+    BlockLocation, FileBlocks, FileInfo, FileKind, MountOptions, MountPointInfo, ReadType,
+    UfsLocation, WorkerAddress, WriteType,
 };
 pub use strata_common::{Error, Result, StrataPath};
 pub use writer::FileWriter;
@@ -538,11 +538,27 @@ impl FileSystem {
     /// Mounts an under-store (`file:///folder` or `/folder`) at `path`, which must not
     /// exist yet.
     pub async fn mount(&self, path: &str, uri: &str, read_only: bool) -> Result<()> {
+        self.mount_with_options(path, uri, read_only, &MountOptions::new())
+            .await
+    }
+
+    /// Mounts an under-store with backend options (`s3://bucket/prefix` with
+    /// `s3.endpoint`, `s3.region`, ...). The master checks the store before it
+    /// mounts it: a missing bucket or refused credentials fail here.
+    pub async fn mount_with_options(
+        &self,
+        path: &str,
+        uri: &str,
+        read_only: bool,
+        options: &MountOptions,
+    ) -> Result<()> {
+        strata_common::types::check_mount_options(options)?;
         let req = proto::MountRequest {
             path: parse(path)?.to_string(),
             uri: uri.to_string(),
             read_only,
             request: None,
+            options: options.clone(),
         };
         self.mutate(|mut m, request| {
             let req = proto::MountRequest {

@@ -559,6 +559,50 @@ pub struct MountPointInfo {
     pub read_only: bool,
     /// Mount id.
     pub mount_id: u64,
+    /// The backend's options.
+    pub options: MountOptions,
+}
+
+/// A mount's backend options (`s3.endpoint = http://...`), in key order. They are
+/// journaled and shown to anyone who lists the mounts, so they never hold secrets:
+/// credentials come from each daemon's own environment.
+pub type MountOptions = std::collections::BTreeMap<String, String>;
+
+/// Most options one mount may carry.
+pub const MAX_MOUNT_OPTIONS: usize = 32;
+/// Longest option key.
+pub const MAX_MOUNT_OPTION_KEY: usize = 64;
+/// Longest option value.
+pub const MAX_MOUNT_OPTION_VALUE: usize = 1024;
+
+/// Checks the shape of a mount's options (what each means is the backend's to
+/// check): at most 32, keys of 1 to 64 characters from `a-z 0-9 . _ -`, values of
+/// at most 1,024 bytes.
+pub fn check_mount_options(options: &MountOptions) -> Result<()> {
+    if options.len() > MAX_MOUNT_OPTIONS {
+        return Err(Error::invalid_argument(
+            "options",
+            format!("{} options; at most {MAX_MOUNT_OPTIONS}", options.len()),
+        ));
+    }
+    for (k, v) in options {
+        let key_ok = (1..=MAX_MOUNT_OPTION_KEY).contains(&k.len())
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !key_ok {
+            return Err(Error::invalid_argument(
+                "options",
+                format!("{k:?} is not an option name (1 to 64 of a-z, 0-9, '.', '_', '-')"),
+            ));
+        }
+        if v.len() > MAX_MOUNT_OPTION_VALUE {
+            return Err(Error::invalid_argument(
+                format!("option {k}"),
+                format!("{} bytes; at most {MAX_MOUNT_OPTION_VALUE}", v.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl TryFrom<proto::MountPointInfo> for MountPointInfo {
@@ -567,11 +611,13 @@ impl TryFrom<proto::MountPointInfo> for MountPointInfo {
         if p.uri.is_empty() {
             return Err(Error::invalid_argument("uri", "missing"));
         }
+        check_mount_options(&p.options)?;
         Ok(MountPointInfo {
             path: StrataPath::parse(&p.path)?,
             uri: p.uri,
             read_only: p.read_only,
             mount_id: p.mount_id,
+            options: p.options,
         })
     }
 }
@@ -583,6 +629,7 @@ impl From<MountPointInfo> for proto::MountPointInfo {
             uri: m.uri,
             read_only: m.read_only,
             mount_id: m.mount_id,
+            options: m.options,
         }
     }
 }
@@ -1110,8 +1157,21 @@ mod tests {
             uri: String::new(),
             read_only: false,
             mount_id: 3,
+            options: Default::default(),
         };
         assert!(MountPointInfo::try_from(m).is_err());
+    }
+
+    #[test]
+    fn mount_options_are_bounded() {
+        let one = |k: &str, v: &str| MountOptions::from([(k.to_string(), v.to_string())]);
+        assert!(check_mount_options(&one("s3.endpoint", "http://127.0.0.1:9000")).is_ok());
+        assert!(check_mount_options(&one("", "x")).is_err());
+        assert!(check_mount_options(&one("S3.Endpoint", "x")).is_err());
+        assert!(check_mount_options(&one(&"k".repeat(65), "x")).is_err());
+        assert!(check_mount_options(&one("k", &"v".repeat(1025))).is_err());
+        let many: MountOptions = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(check_mount_options(&many).is_err());
     }
 
     #[test]

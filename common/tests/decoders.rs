@@ -27,7 +27,7 @@ use strata_common::proto;
 use strata_common::types::{
     split_relative, BlockLocation, CreateFile, FileBlocks, FileInfo, FileKind, MountPointInfo,
     ReadBlock, ReadType, UfsFingerprint, UfsLocation, WorkerAddress, WriteFileHeader, WriteType,
-    MAX_FINGERPRINT_VERSION_BYTES,
+    MAX_FINGERPRINT_VERSION_BYTES, MAX_MOUNT_OPTIONS, MAX_MOUNT_OPTION_KEY, MAX_MOUNT_OPTION_VALUE,
 };
 use strata_common::units::{format_bytes, ByteSize, HumanDuration};
 use strata_common::Error;
@@ -1313,6 +1313,11 @@ proptest! {
         fp in fingerprint(u64_field()),
         b in (u64_field(), u64_field(), u64_field(), vec(worker_address(), 0..3)),
         m in (raw_path(), prop_oneof![3 => Just("file:///x".to_string()), 1 => any::<String>()], any::<bool>(), u64_field()),
+        options in proptest::collection::btree_map(
+            prop_oneof![3 => "[a-z0-9._-]{1,64}", 1 => any::<String>()],
+            prop_oneof![3 => "[ -~]{0,64}", 1 => "x{1020,1030}"],
+            0..40,
+        ),
     ) {
         if let Ok(w) = WorkerAddress::try_from(w) {
             prop_assert!(!w.rpc_address.is_empty());
@@ -1331,8 +1336,13 @@ proptest! {
             round_trips::<proto::BlockLocation, _>(&b)?;
         }
         let (path, uri, read_only, mount_id) = m;
-        if let Ok(m) = MountPointInfo::try_from(proto::MountPointInfo { path, uri, read_only, mount_id }) {
+        if let Ok(m) = MountPointInfo::try_from(proto::MountPointInfo { path, uri, read_only, mount_id, options }) {
             prop_assert!(!m.uri.is_empty());
+            prop_assert!(m.options.len() <= MAX_MOUNT_OPTIONS);
+            let bounded = m.options.iter().all(|(k, v)| {
+                (1..=MAX_MOUNT_OPTION_KEY).contains(&k.len()) && v.len() <= MAX_MOUNT_OPTION_VALUE
+            });
+            prop_assert!(bounded);
             round_trips::<proto::MountPointInfo, _>(&m)?;
         }
     }

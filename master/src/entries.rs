@@ -54,6 +54,9 @@ pub struct MountRecord {
     pub uri: String,
     #[prost(bool, tag = "5")]
     pub read_only: bool,
+    /// The backend's options (see `strata_common::types::MountOptions`).
+    #[prost(btree_map = "string, string", tag = "6")]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// Creates a chain of inodes: `inodes[0]` under `parent_id`, each next one under the
@@ -323,12 +326,30 @@ mod tests {
             path: "/m".into(),
             uri: "file:///x".into(),
             read_only: true,
+            options: Default::default(),
         };
         let recorded: &[u8] = &[
             8, 3, 16, 4, 26, 2, 47, 109, 34, 9, 102, 105, 108, 101, 58, 47, 47, 47, 120, 40, 1,
         ];
         assert_eq!(mount.encode_to_vec(), recorded);
         assert_eq!(MountRecord::decode(recorded).unwrap(), mount);
+        // With options (tag 6, a map): key then value, in key order.
+        let with_options = MountRecord {
+            options: [("s3.region".to_string(), "x".to_string())].into(),
+            ..mount.clone()
+        };
+        let recorded_with_options: Vec<u8> = [
+            recorded,
+            &[
+                50, 14, 10, 9, 115, 51, 46, 114, 101, 103, 105, 111, 110, 18, 1, 120,
+            ],
+        ]
+        .concat();
+        assert_eq!(with_options.encode_to_vec(), recorded_with_options);
+        assert_eq!(
+            MountRecord::decode(recorded_with_options.as_slice()).unwrap(),
+            with_options
+        );
 
         // An inode recorded with its under-store version (tag 12).
         let file = InodeRecord {

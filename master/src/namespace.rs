@@ -13,7 +13,7 @@
 //! files and folders in `mutations`, mount points in `mounts`, folder metadata
 //! sync in `sync`, and the idempotency of retried requests in `requests`.
 
-use crate::entries::{InodeRecord, Op, ReclaimEntry};
+use crate::entries::{InodeRecord, MountRecord, Op, ReclaimEntry};
 use crate::journal::Journal;
 use crate::lease::Leases;
 use crate::registry::Registry;
@@ -187,8 +187,8 @@ impl Namespace {
         self.journal.read_barrier().await
     }
 
-    fn under_store(&self, uri: &str) -> Result<Arc<dyn UnderStore>> {
-        self.stores.get(uri)
+    fn under_store(&self, mount: &MountRecord) -> Result<Arc<dyn UnderStore>> {
+        self.stores.get(&mount.uri, &mount.options)
     }
 
     /// The cluster's id (see `MetaStore::cluster_id`).

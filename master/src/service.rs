@@ -214,7 +214,8 @@ impl FileSystemMaster for FileSystemService {
         let id = request_id(req.request)?;
         let ns = self.ns.clone();
         detached(&self.mutations, async move {
-            ns.mount(&path, &req.uri, req.read_only, id.as_ref()).await
+            ns.mount(&path, &req.uri, req.read_only, &req.options, id.as_ref())
+                .await
         })
         .await?;
         ok(proto::MountResponse {})

@@ -608,6 +608,7 @@ mod tests {
                     path: "/".into(),
                     uri: "file:///u".into(),
                     read_only: false,
+                    options: Default::default(),
                 }),
             })
             .into(),
@@ -685,6 +686,7 @@ mod tests {
                     path: "/m".into(),
                     uri: "file:///v".into(),
                     read_only: false,
+                    options: Default::default(),
                 }),
             })
             .into(),
@@ -797,6 +799,7 @@ mod tests {
                     path: path.into(),
                     uri: format!("file:///{inode}"),
                     read_only: false,
+                    options: Default::default(),
                 }),
             })
             .into()
@@ -820,6 +823,7 @@ mod tests {
                     path: path.into(),
                     uri: uri.into(),
                     read_only: false,
+                    options: Default::default(),
                 }),
             })
             .into()

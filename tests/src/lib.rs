@@ -8,6 +8,7 @@
 
 pub mod group;
 pub mod lazyfs;
+pub mod moto;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

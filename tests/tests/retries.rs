@@ -99,6 +99,7 @@ async fn a_retried_mutation_gets_its_first_answer() {
         uri: format!("file://{}", folder.display()),
         read_only: false,
         request: id(1, 6),
+        options: Default::default(),
     };
     m.mount(mount()).await.unwrap();
     m.mount(mount()).await.unwrap();

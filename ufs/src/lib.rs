@@ -1,16 +1,18 @@
-//! Under-stores: the slow or remote storage Strata caches (a local folder today; S3
-//! and HDFS follow behind the same trait).
+//! Under-stores: the slow or remote storage Strata caches (a local folder and S3;
+//! HDFS follows behind the same trait).
 //!
-//! Every backend has the same shape: a config parsed from the mount URI, the backend
-//! itself, a ranged reader, an atomic writer, and a lister. Paths handed to a backend
+//! Every backend has the same shape: a config parsed from the mount URI and its
+//! options, the backend itself, a ranged reader, a staged writer, and a lister. Paths handed to a backend
 //! are [`UfsPath`]s, lists of validated names relative to the mount root: `..`, empty
 //! names and `/` inside a name cannot be expressed, and the local backend also
 //! refuses any path that resolves (through symlinks) outside its root.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -134,6 +136,10 @@ pub trait UfsWriter: Send {
 pub trait UnderStore: Send + Sync + fmt::Debug {
     /// The URI this store was opened from.
     fn uri(&self) -> &str;
+    /// Checks that the store can be used (the folder or bucket is there, the
+    /// credentials are accepted), with an error that says what is wrong. A mount
+    /// is refused when this fails.
+    async fn check(&self) -> Result<()>;
     /// Status of the entry at `path`, `None` if there is none.
     async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>>;
     /// Entries of the directory at `path`, in name order, and the keys of the
@@ -175,6 +181,28 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
     async fn rename(&self, src: &UfsPath, dst: &UfsPath) -> Result<()>;
 }
 
+/// Checks that `length` bytes from `offset` lie inside the file `expect`
+/// describes; the end of the range. A reader is never served short.
+pub(crate) fn range_end(
+    display: &str,
+    offset: u64,
+    length: u64,
+    expect: &UfsFingerprint,
+) -> Result<u64> {
+    offset
+        .checked_add(length)
+        .filter(|end| *end <= expect.length)
+        .ok_or_else(|| {
+            Error::invalid_argument(
+                "range",
+                format!(
+                    "{length} bytes from {offset} lie past the {} bytes of {display}",
+                    expect.length
+                ),
+            )
+        })
+}
+
 /// Bytes an unprivileged writer may still use on the filesystem holding `dir`;
 /// `None` if it cannot be asked.
 pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
@@ -186,24 +214,38 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Opens the under-store a mount URI names: `file:///abs/dir` or `/abs/dir` for a
-/// local folder. Schemes not built yet answer with a clear error.
+/// Opens the under-store a mount URI names, with no options: `file:///abs/dir` or
+/// `/abs/dir` for a local folder, `s3://bucket/prefix` for S3 (AWS's endpoint).
 pub fn open(uri: &str) -> Result<Arc<dyn UnderStore>> {
-    if let Some(rest) = uri.strip_prefix("file://") {
-        return Ok(Arc::new(local::LocalStore::open(uri, rest)?));
-    }
-    if uri.starts_with('/') {
-        return Ok(Arc::new(local::LocalStore::open(uri, uri)?));
-    }
+    open_with(uri, &BTreeMap::new())
+}
+
+/// Opens the under-store `uri` names with a mount's options (`s3.*` for S3; a
+/// local folder takes none). Unknown schemes and options are clear errors.
+pub fn open_with(uri: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn UnderStore>> {
     let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
+    if scheme == "s3" {
+        return Ok(Arc::new(s3::S3Store::open(
+            uri,
+            s3::S3Options::parse(options)?,
+        )?));
+    }
+    if scheme == "file" || uri.starts_with('/') {
+        if let Some(k) = options.keys().next() {
+            return Err(Error::invalid_argument(
+                format!("option {k}"),
+                "a local folder takes no options",
+            ));
+        }
+        let path = uri.strip_prefix("file://").unwrap_or(uri);
+        return Ok(Arc::new(local::LocalStore::open(uri, path)?));
+    }
     Err(Error::invalid_argument(
         "uri",
         if scheme.is_empty() {
-            format!("{uri:?} is not an under-store URI (use file:///absolute/folder)")
+            format!("{uri:?} is not an under-store URI (use file:///absolute/folder or s3://bucket/prefix)")
         } else {
-            format!(
-                "under-store scheme {scheme:?} is not supported by this build (supported: file)"
-            )
+            format!("under-store scheme {scheme:?} is not supported by this build (supported: file, s3)")
         },
     ))
 }
@@ -214,8 +256,8 @@ mod tests {
 
     #[test]
     fn unsupported_schemes_are_clear_errors() {
-        let err = open("s3://bucket/x").unwrap_err();
-        assert!(err.to_string().contains("s3"), "{err}");
+        let err = open("hdfs://namenode:8020/x").unwrap_err();
+        assert!(err.to_string().contains("hdfs"), "{err}");
         assert!(open("relative/dir").is_err());
     }
 
@@ -228,21 +270,30 @@ mod tests {
     }
 }
 
-/// Opened under-stores by mount URI, so each is opened once per process.
+/// Opened under-stores by mount URI and options, so each is opened once per
+/// process.
 #[derive(Default)]
 pub struct StoreCache {
-    stores: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn UnderStore>>>,
+    stores: std::sync::Mutex<std::collections::HashMap<StoreKey, Arc<dyn UnderStore>>>,
 }
 
+/// A store's URI and options.
+type StoreKey = (String, BTreeMap<String, String>);
+
 impl StoreCache {
-    /// The store for `uri`, opened on first use.
-    pub fn get(&self, uri: &str) -> Result<Arc<dyn UnderStore>> {
+    /// The store for `uri` with `options`, opened on first use.
+    pub fn get(
+        &self,
+        uri: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn UnderStore>> {
+        let key = (uri.to_string(), options.clone());
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = stores.get(uri) {
+        if let Some(s) = stores.get(&key) {
             return Ok(s.clone());
         }
-        let s = open(uri)?;
-        stores.insert(uri.to_string(), s.clone());
+        let s = open_with(uri, options)?;
+        stores.insert(key, s.clone());
         Ok(s)
     }
 }

@@ -395,6 +395,16 @@ impl UnderStore for LocalStore {
         &self.uri
     }
 
+    async fn check(&self) -> Result<()> {
+        // The root was opened as a folder at `open`; it must still be one.
+        match self.status(&UfsPath::root()).await? {
+            Some(st) if st.is_dir => Ok(()),
+            _ => Err(Error::NotFound {
+                path: self.uri.clone(),
+            }),
+        }
+    }
+
     async fn status(&self, path: &UfsPath) -> Result<Option<UfsStatus>> {
         let (_, name) = Self::split(path);
         if is_temp_name(&name) {
@@ -477,6 +487,7 @@ impl UnderStore for LocalStore {
         length: u64,
         expect: &UfsFingerprint,
     ) -> Result<UfsReader> {
+        crate::range_end(&self.display(path), offset, length, expect)?;
         let rel = path.components().to_vec();
         // O_NONBLOCK so that a FIFO planted at the path cannot hang the open; it has
         // no effect on reads of the regular files that pass the check below.
@@ -1452,7 +1463,7 @@ mod tests {
                     Ok(None) => panic!("a/x is always there"),
                     Err(e) => assert!(matches!(e, Error::NotPermitted { .. }), "{e}"),
                 }
-                match store.open_range(&x, 0, 64, &expect).await {
+                match store.open_range(&x, 0, 14, &expect).await {
                     Ok(mut r) => {
                         let mut v = Vec::new();
                         r.read_to_end(&mut v).await.unwrap();
@@ -1497,14 +1508,14 @@ mod tests {
             store.rename(&p("src"), &p("d")).await,
             Err(Error::AlreadyExists { .. })
         ));
-        assert_eq!(read_all(&store, &p("src"), 0, 64).await, b"source");
-        assert_eq!(read_all(&store, &p("d/dst"), 0, 64).await, b"destination");
+        assert_eq!(read_all(&store, &p("src"), 0, 6).await, b"source");
+        assert_eq!(read_all(&store, &p("d/dst"), 0, 11).await, b"destination");
         assert!(matches!(
             store.rename(&p("missing"), &p("new")).await,
             Err(Error::NotFound { .. })
         ));
         store.rename(&p("src"), &p("e/moved")).await.unwrap();
-        assert_eq!(read_all(&store, &p("e/moved"), 0, 64).await, b"source");
+        assert_eq!(read_all(&store, &p("e/moved"), 0, 6).await, b"source");
     }
 
     #[tokio::test]
@@ -1521,7 +1532,7 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name, "link");
         assert_eq!(listed[0].length, 7);
-        assert_eq!(read_all(&store, &p("sub/link"), 0, 64).await, b"content");
+        assert_eq!(read_all(&store, &p("sub/link"), 0, 7).await, b"content");
         let names: Vec<_> = store
             .list(&UfsPath::root())
             .await

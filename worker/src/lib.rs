@@ -66,8 +66,10 @@ impl MasterLink {
             .await
     }
 
-    /// The under-store URIs mounted in the namespace now.
-    pub async fn mounted_uris(&self) -> Result<Vec<String>> {
+    /// The under-stores mounted in the namespace now: URI and options.
+    pub async fn mounted_stores(
+        &self,
+    ) -> Result<Vec<(String, strata_common::types::MountOptions)>> {
         let table = self
             .masters
             .call(true, MASTER_CALL_BUDGET, |ch| async move {
@@ -77,7 +79,11 @@ impl MasterLink {
             })
             .await?
             .into_inner();
-        Ok(table.mounts.into_iter().map(|m| m.uri).collect())
+        Ok(table
+            .mounts
+            .into_iter()
+            .map(|m| (m.uri, m.options))
+            .collect())
     }
 
     /// Tells the master a block is now here, and how it was made, which the master

@@ -37,10 +37,10 @@ pub struct DataService {
     pub(crate) mounted: tokio::sync::Mutex<MountedUris>,
 }
 
-/// The under-store URIs the master has mounted, as last asked.
+/// The under-stores the master has mounted (URI → options), as last asked.
 #[derive(Default)]
 pub struct MountedUris {
-    uris: std::collections::HashSet<String>,
+    uris: std::collections::HashMap<String, strata_common::types::MountOptions>,
     asked: Option<std::time::Instant>,
 }
 
@@ -146,23 +146,25 @@ impl DataService {
     async fn mounted_store(&self, uri: &str) -> Result<Arc<dyn strata_ufs::UnderStore>> {
         let mut mounted = self.mounted.lock().await;
         let stale = mounted.asked.is_none_or(|t| t.elapsed() >= MOUNT_TABLE_TTL);
-        if stale || !mounted.uris.contains(uri) {
+        if stale || !mounted.uris.contains_key(uri) {
             // A URI not seen yet may have been mounted since: ask, but no more often
             // than MOUNT_REFRESH, whatever clients send (they wait their turn).
             if let Some(t) = mounted.asked {
                 tokio::time::sleep(MOUNT_REFRESH.saturating_sub(t.elapsed())).await;
             }
-            mounted.uris = self.master.mounted_uris().await?.into_iter().collect();
+            mounted.uris = self.master.mounted_stores().await?.into_iter().collect();
             mounted.asked = Some(std::time::Instant::now());
         }
-        if !mounted.uris.contains(uri) {
+        // The options are the master's, never a client's: a client cannot point the
+        // worker at another endpoint.
+        let Some(options) = mounted.uris.get(uri).cloned() else {
             return Err(Error::NotPermitted {
                 path: uri.to_string(),
                 reason: "is not a mounted under-store".into(),
             });
-        }
+        };
         drop(mounted);
-        self.ufs.get(uri)
+        self.ufs.get(uri, &options)
     }
 
     /// Refuses a request for another cluster's blocks: block ids of one cluster name

@@ -6,22 +6,25 @@ use super::{now_ms, Namespace};
 use crate::entries::{InodeRecord, MountEntry, MountRecord, Op, UnmountEntry};
 use std::sync::atomic::Ordering;
 use strata_common::ids::FileId;
-use strata_common::types::{MountPointInfo, RequestId};
+use strata_common::types::{check_mount_options, MountOptions, MountPointInfo, RequestId};
 use strata_common::{Error, Result, StrataPath};
 
 impl Namespace {
-    /// Mounts the under-store `uri` at `path`, which must not exist yet.
+    /// Mounts the under-store `uri` with `options` at `path`, which must not exist
+    /// yet. The store is asked first ([`strata_ufs::UnderStore::check`]): a missing
+    /// bucket or folder, or refused credentials, fail the mount and leave nothing.
     pub async fn mount(
         &self,
         path: &StrataPath,
         uri: &str,
         read_only: bool,
+        options: &MountOptions,
         req: Option<&RequestId>,
     ) -> Result<()> {
         self.once(
             req,
             RequestKind::Mount,
-            self.mount_once(path, uri, read_only, req),
+            self.mount_once(path, uri, read_only, options, req),
         )
         .await
     }
@@ -31,8 +34,10 @@ impl Namespace {
         path: &StrataPath,
         uri: &str,
         read_only: bool,
+        options: &MountOptions,
         req: Option<&RequestId>,
     ) -> Result<()> {
+        check_mount_options(options)?;
         let _guard = self.locks.lock(&[path]).await;
         if let Some(done) = self.answered(req, RequestKind::Mount)? {
             return done;
@@ -55,7 +60,7 @@ impl Namespace {
                 });
             }
         }
-        let ufs = self.stores.get(uri)?;
+        let ufs = self.stores.get(uri, options)?;
         for m in self.store.mounts() {
             if crate::store::uris_overlap(&m.uri, ufs.uri()) {
                 return Err(Error::NotPermitted {
@@ -64,7 +69,8 @@ impl Namespace {
                 });
             }
         }
-        self.propose_mount(r.deepest().id, path, uri, read_only, req)
+        ufs.check().await?;
+        self.propose_mount(r.deepest().id, path, uri, read_only, options, req)
             .await
     }
 
@@ -74,6 +80,7 @@ impl Namespace {
         path: &StrataPath,
         uri: &str,
         read_only: bool,
+        options: &MountOptions,
         req: Option<&RequestId>,
     ) -> Result<()> {
         let mount_id = self.next_mount.fetch_add(1, Ordering::Relaxed);
@@ -100,6 +107,7 @@ impl Namespace {
                 path: path.to_string(),
                 uri: uri.to_string(),
                 read_only,
+                options: options.clone(),
             }),
         });
         self.propose_deciding(req, RequestKind::Mount, op, ())
@@ -123,8 +131,15 @@ impl Namespace {
             return Ok(());
         }
         strata_ufs::open(uri)?;
-        self.propose_mount(0, &StrataPath::root(), uri, false, None)
-            .await
+        self.propose_mount(
+            0,
+            &StrataPath::root(),
+            uri,
+            false,
+            &MountOptions::new(),
+            None,
+        )
+        .await
     }
 
     /// Removes the mount at `path` and its namespace (the under-store is untouched).
@@ -177,6 +192,7 @@ impl Namespace {
                     uri: m.uri,
                     read_only: m.read_only,
                     mount_id: m.mount_id,
+                    options: m.options,
                 })
             })
             .collect()

@@ -134,7 +134,7 @@ impl Namespace {
         let persisted = match self.mount_for(path) {
             Some(hit) => {
                 hit.writable(path)?;
-                let ufs = self.under_store(&hit.record.uri)?;
+                let ufs = self.under_store(&hit.record)?;
                 ufs.mkdirs(&hit.ufs_path()?).await?;
                 self.after_under_store().await;
                 true
@@ -207,7 +207,7 @@ impl Namespace {
                 let location = hit.location()?;
                 let parent = UfsPath::from(&location);
                 if let Some((_, dirs)) = parent.components().split_last() {
-                    let ufs = self.under_store(&hit.record.uri)?;
+                    let ufs = self.under_store(&hit.record)?;
                     ufs.mkdirs(&UfsPath::parse(&dirs.join("/"))?).await?;
                 }
                 Some(location)
@@ -359,7 +359,7 @@ impl Namespace {
             path: path.to_string(),
             reason: "is no longer under a mount; its under-store copy cannot be published".into(),
         })?;
-        let ufs = self.under_store(&hit.record.uri)?;
+        let ufs = self.under_store(&hit.record)?;
         let at = hit.ufs_path()?;
         let published = match ufs.publish(&at, id.0).await {
             Ok(st) => st,
@@ -391,11 +391,11 @@ impl Namespace {
             .store
             .mounts()
             .into_iter()
-            .any(|m| m.uri == loc.mount_uri && !m.read_only);
-        if !mounted {
+            .find(|m| m.uri == loc.mount_uri && !m.read_only);
+        let Some(mount) = mounted else {
             return Ok(()); // unmounted meanwhile: nothing of ours to clean there
-        }
-        let ufs = self.under_store(&loc.mount_uri)?;
+        };
+        let ufs = self.under_store(&mount)?;
         ufs.discard(&UfsPath::from(loc), id.0).await
     }
 
@@ -486,7 +486,7 @@ impl Namespace {
             // An incomplete file may have an under-store copy on the way: remove it too.
             if rec.is_dir || rec.persisted || (!rec.complete && !hit.record.read_only) {
                 hit.writable(path)?;
-                let ufs = self.under_store(&hit.record.uri)?;
+                let ufs = self.under_store(&hit.record)?;
                 if !staged_only {
                     ufs.delete(&hit.ufs_path()?, recursive).await?;
                 }
@@ -667,7 +667,7 @@ impl Namespace {
             (None, None) => {}
             (Some(a), Some(b)) if a.record.mount_id == b.record.mount_id => {
                 a.writable(src)?;
-                let ufs = self.under_store(&a.record.uri)?;
+                let ufs = self.under_store(&a.record)?;
                 let from = a.ufs_path()?;
                 if ufs.status(&from).await?.is_some() {
                     ufs.rename(&from, &b.ufs_path()?).await?;

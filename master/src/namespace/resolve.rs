@@ -167,7 +167,7 @@ impl Namespace {
         let Some(hit) = self.mount_for(path) else {
             return Ok(false);
         };
-        let ufs = self.under_store(&hit.record.uri)?;
+        let ufs = self.under_store(&hit.record)?;
         let mount_path = StrataPath::parse(&hit.record.path)?;
         let mut cur = StrataPath::parse(&prefix_path(
             &path

@@ -16,7 +16,7 @@ impl Namespace {
         let Some(hit) = self.mount_for(path) else {
             return Ok(Vec::new());
         };
-        let ufs = self.under_store(&hit.record.uri)?;
+        let ufs = self.under_store(&hit.record)?;
         let mut staged = Vec::new();
         for _ in 0..SYNC_ATTEMPTS {
             // The version is read before listing: apply refuses the load if the
@@ -194,7 +194,7 @@ impl Namespace {
         if hit.record.read_only {
             return;
         }
-        let (ufs, dir) = match (self.under_store(&hit.record.uri), hit.ufs_path()) {
+        let (ufs, dir) = match (self.under_store(&hit.record), hit.ufs_path()) {
             (Ok(u), Ok(d)) => (u, d),
             _ => return,
         };

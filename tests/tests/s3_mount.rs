@@ -1,0 +1,197 @@
+//! S3 end to end: a bucket on a real S3-compatible server (`moto_server`), filled
+//! by a plain S3 client, mounted in Strata, listed, read through a worker and
+//! cached; a file written through Strata lands in the bucket; bad mounts are
+//! clear errors and leave nothing behind.
+//!
+//! The master and worker run in this process and take credentials from the AWS
+//! environment, as daemons do; each test sets it before its runtime starts.
+
+use strata_client::{CreateOptions, MountOptions, OpenOptions, WriteType};
+use strata_common::Error;
+use strata_tests::moto::Moto;
+use strata_tests::{list_names, pattern, ClusterOptions, MiniCluster};
+use tokio::io::AsyncReadExt;
+
+/// Credentials for moto, in the environment the SDK's default chain reads; set
+/// while this test process has one thread, before its runtime exists.
+fn runtime_with_aws_environment() -> tokio::runtime::Runtime {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        // No instance metadata service here: never wait for one.
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        // No other thread exists yet, so none reads the environment meanwhile.
+        std::env::set_var(k, v);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn read_all(fs: &strata_client::FileSystem, path: &str) -> Vec<u8> {
+    let mut r = fs.open(path, OpenOptions::default()).await.unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+async fn cluster() -> MiniCluster {
+    MiniCluster::start(ClusterOptions::default()).await
+}
+
+#[test]
+fn a_bucket_filled_by_another_program_is_mounted_read_and_cached() {
+    runtime_with_aws_environment().block_on(async {
+        let moto = Moto::start();
+        moto.bucket("lake").await;
+        let s3 = moto.client().await;
+        let big = pattern(300_000, 7);
+        for (key, body) in [
+            ("data/a.bin", big.clone()),
+            ("data/sub/b.txt", b"hello".to_vec()),
+            ("elsewhere/c", b"not mounted".to_vec()),
+        ] {
+            s3.put_object()
+                .bucket("lake")
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let c = cluster().await;
+        c.wait_for_workers(1).await;
+        c.fs.mount_with_options("/s3", "s3://lake/data", false, &moto.options())
+            .await
+            .unwrap();
+        let table = c.fs.mount_table().await.unwrap();
+        let m = table.iter().find(|m| m.path.as_str() == "/s3").unwrap();
+        assert_eq!(m.options, moto.options());
+
+        assert_eq!(list_names(&c.fs, "/s3").await, ["a.bin", "sub"]);
+        assert_eq!(list_names(&c.fs, "/s3/sub").await, ["b.txt"]);
+        let from_ufs = c.worker_counter("worker.bytes_read_ufs").await;
+        assert_eq!(read_all(&c.fs, "/s3/a.bin").await, big);
+        assert_eq!(read_all(&c.fs, "/s3/sub/b.txt").await, b"hello");
+        let after_first = c.worker_counter("worker.bytes_read_ufs").await;
+        assert_eq!(after_first - from_ufs, 300_005, "read through from S3 once");
+        assert_eq!(
+            c.fs.get_status("/s3/a.bin").await.unwrap().cached_percent,
+            100
+        );
+        // The second read is served from the cache.
+        assert_eq!(read_all(&c.fs, "/s3/a.bin").await, big);
+        assert_eq!(c.worker_counter("worker.bytes_read_ufs").await, after_first);
+
+        // Written through Strata: in the bucket at the mounted key, and no staged
+        // object left beside it.
+        let mut w =
+            c.fs.create(
+                "/s3/sub/new.bin",
+                CreateOptions {
+                    write_type: Some(WriteType::CacheThrough),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let data = pattern(200_000, 9);
+        w.write(&data).await.unwrap();
+        w.close().await.unwrap();
+        let got = s3
+            .get_object()
+            .bucket("lake")
+            .key("data/sub/new.bin")
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(got.as_ref(), data.as_slice());
+        let keys: Vec<String> = s3
+            .list_objects_v2()
+            .bucket("lake")
+            .prefix("data/sub/")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        // The folder's marker, the other program's file and the new one.
+        assert_eq!(keys, ["data/sub/", "data/sub/b.txt", "data/sub/new.bin"]);
+        c.stop().await;
+    });
+}
+
+#[test]
+fn bad_s3_mounts_are_clear_errors_and_leave_no_mount() {
+    runtime_with_aws_environment().block_on(async {
+        let moto = Moto::start();
+        moto.bucket("there").await;
+        let c = cluster().await;
+        let mounts_before = c.fs.mount_table().await.unwrap().len();
+
+        let e =
+            c.fs.mount_with_options("/a", "s3://missing-bucket/x", false, &moto.options())
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound { path } if path.contains("missing-bucket")),
+            "{e}"
+        );
+
+        let mut unknown = moto.options();
+        unknown.insert("s3.secret_key".into(), "nope".into());
+        let e =
+            c.fs.mount_with_options("/b", "s3://there", false, &unknown)
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument { .. }) && e.to_string().contains("s3.secret_key"),
+            "{e}"
+        );
+
+        // Nothing listens there: refused at once, not after a hang.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nowhere = moto.options();
+        nowhere.insert("s3.endpoint".into(), format!("http://127.0.0.1:{closed}"));
+        let started = std::time::Instant::now();
+        let e =
+            c.fs.mount_with_options("/c", "s3://there", false, &nowhere)
+                .await
+                .unwrap_err();
+        assert!(e.to_string().contains("127.0.0.1"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+        // A local folder takes no options.
+        let folder = c.new_folder("plain");
+        let e =
+            c.fs.mount_with_options(
+                "/d",
+                &format!("file://{}", folder.display()),
+                false,
+                &MountOptions::from([("s3.region".to_string(), "x".to_string())]),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("s3.region"), "{e}");
+
+        assert_eq!(c.fs.mount_table().await.unwrap().len(), mounts_before);
+        for p in ["/a", "/b", "/c", "/d"] {
+            assert!(!c.fs.exists(p).await.unwrap(), "{p} left behind");
+        }
+        c.stop().await;
+    });
+}
