@@ -607,17 +607,7 @@ impl Inner {
             )
         } else {
             let part = self.part_size_for(length)?;
-            let up = c
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(to)
-                .send()
-                .await
-                .map_err(|e| self.error(to, e))?;
-            let id = up
-                .upload_id()
-                .ok_or_else(|| Error::internal("S3 started an upload without an id"))?
-                .to_string();
+            let id = self.start_upload(to).await?;
             let copied = async {
                 let mut parts = Vec::new();
                 let mut offset = 0;
@@ -662,6 +652,21 @@ impl Inner {
             mtime_ms,
             version: etag_of_copy,
         })
+    }
+
+    /// Starts a multipart upload to `key`; its id.
+    async fn start_upload(&self, key: &str) -> Result<String> {
+        let c = self.client().await?;
+        let up = c
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        up.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::internal("S3 started an upload without an id"))
     }
 
     /// Completes a multipart upload; the object's ETag and time.
@@ -1259,17 +1264,8 @@ impl S3Writer {
         let s = self.store.clone();
         let c = s.client().await?;
         if self.upload.is_none() {
-            let up = c
-                .create_multipart_upload()
-                .bucket(&s.bucket)
-                .key(&self.staged)
-                .send()
-                .await
-                .map_err(|e| s.error(&self.staged, e))?;
-            let id = up
-                .upload_id()
-                .ok_or_else(|| Error::internal("S3 started an upload without an id"))?;
-            self.upload = Some((id.to_string(), Vec::new()));
+            let id = s.start_upload(&self.staged).await?;
+            self.upload = Some((id, Vec::new()));
         }
         let Some((id, parts)) = &mut self.upload else {
             unreachable!("started above")
