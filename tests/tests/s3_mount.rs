@@ -78,6 +78,9 @@ fn a_bucket_filled_by_another_program_is_mounted_read_and_cached() {
         assert_eq!(read_all(&c.fs, "/s3/sub/b.txt").await, b"hello");
         let after_first = c.worker_counter("worker.bytes_read_ufs").await;
         assert_eq!(after_first - from_ufs, 300_005, "read through from S3 once");
+        // The under-store wrapper counted the same bytes, per backend.
+        assert_eq!(c.worker_counter("ufs.s3.bytes_read").await, 300_005);
+        assert!(c.worker_counter("ufs.s3.open_range.ops").await >= 6);
         assert_eq!(
             c.fs.get_status("/s3/a.bin").await.unwrap().cached_percent,
             100

@@ -8,6 +8,7 @@
 //! refuses any path that resolves (through symlinks) outside its root.
 
 pub mod local;
+pub mod observed;
 pub mod s3;
 
 use async_trait::async_trait;
@@ -271,10 +272,12 @@ mod tests {
 }
 
 /// Opened under-stores by mount URI and options, so each is opened once per
-/// process.
+/// process; each wrapped in [`observed::Observed`] (retries, deadlines, metrics).
 #[derive(Default)]
 pub struct StoreCache {
     stores: std::sync::Mutex<std::collections::HashMap<StoreKey, Arc<dyn UnderStore>>>,
+    policy: observed::RetryPolicy,
+    metrics: Arc<observed::UfsMetrics>,
 }
 
 /// A store's URI and options.
@@ -292,8 +295,17 @@ impl StoreCache {
         if let Some(s) = stores.get(&key) {
             return Ok(s.clone());
         }
-        let s = open_with(uri, options)?;
+        let s: Arc<dyn UnderStore> = Arc::new(observed::Observed::new(
+            open_with(uri, options)?,
+            self.policy,
+            self.metrics.clone(),
+        ));
         stores.insert(key, s.clone());
         Ok(s)
+    }
+
+    /// The counters of every store opened here (see [`observed::UfsMetrics`]).
+    pub fn metrics(&self) -> BTreeMap<String, u64> {
+        self.metrics.snapshot()
     }
 }

@@ -35,7 +35,8 @@
 //!
 //! Errors: by S3's code where the answer has one, else by HTTP status (401/403
 //! not permitted, 404 not found, 412/416 changed, 429 and 5xx temporary).
-//! Timeouts: 10 s to connect, 60 s per read of an answer.
+//! Timeouts: 10 s to connect, 60 s per read of an answer. The SDK's retries are
+//! off: the wrapper every backend gets (`observed`) retries temporary errors.
 //!
 //! Options (from the mount): `s3.endpoint`, `s3.region` (default `us-east-1`),
 //! `s3.path_style` (`true` for most S3-compatible servers), `s3.profile` (a named
@@ -295,6 +296,9 @@ impl Inner {
                     .build();
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .http_client(http)
+                    // Retries are the wrapper's (`observed`), the same for every
+                    // backend; the SDK's own would multiply them.
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
                     .timeout_config(timeouts)
                     .region(aws_config::Region::new(self.options.region.clone()));
                 if let Some(p) = &self.options.profile {

@@ -588,6 +588,7 @@ impl WorkerService for WorkerGrpc {
         for name in crate::metrics::ALL {
             counters.entry(name.to_string()).or_insert(0);
         }
+        counters.extend(self.0.ufs.metrics());
         counters.insert("worker.used_bytes".into(), self.0.store.used());
         counters.insert("worker.capacity_bytes".into(), self.0.store.capacity());
         Ok(Response::new(proto::GetMetricsResponse {
