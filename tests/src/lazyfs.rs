@@ -105,8 +105,9 @@ impl Drop for LazyFs {
 
 fn mount_session(state: &Arc<Mutex<State>>, at: &Path) -> io::Result<fuser::BackgroundSession> {
     let mut config = Config::default();
+    // Only the mounting user (who also runs the daemons under test) may use it:
+    // `allow_other` would need `user_allow_other` in /etc/fuse.conf when not root.
     config.mount_options = vec![MountOption::FSName("strata-lazyfs".into())];
-    config.acl = fuser::SessionACL::All;
     fuser::spawn_mount(Adapter(state.clone()), at, &config)
 }
 
