@@ -80,8 +80,8 @@ async fn create_forever(fs: FileSystem, client: usize, acked: Arc<Mutex<Vec<Stri
 }
 
 /// A lone master on the lazy filesystem, killed with SIGKILL while 8 clients
-/// create files, then the power cut: every acknowledged create is there after the
-/// restart. The metastore's own writes are not synced (the log is what is
+/// create files, then the power cut: every acknowledged create is there, and
+/// complete, after the restart. The metastore's own writes are not synced (the log is what is
 /// durable), so the test also checks that the power loss really took bytes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_master_keeps_every_acknowledged_create_through_a_power_loss() {
@@ -136,7 +136,14 @@ async fn a_lone_master_keeps_every_acknowledged_create_through_a_power_loss() {
         let mut after = String::new();
         loop {
             let page = fs.list_page("/", &after, 1000).await.unwrap();
-            names.extend(page.entries.iter().map(|e| e.path.to_string()));
+            // Complete files only: an acknowledged close must have made it
+            // complete durably, not only created it.
+            names.extend(
+                page.entries
+                    .iter()
+                    .filter(|e| e.complete)
+                    .map(|e| e.path.to_string()),
+            );
             if !page.more {
                 break;
             }
@@ -151,6 +158,35 @@ async fn a_lone_master_keeps_every_acknowledged_create_through_a_power_loss() {
             lost.len(),
             all_acked.len(),
             lost.first()
+        );
+        let status = master.terminate();
+        assert!(status.success(), "{status}");
+    }
+
+    // The tightest case: the master killed and the power cut the moment one
+    // create is acknowledged, before anything else could sync it by the way.
+    let opts = CreateOptions {
+        write_type: Some(WriteType::MustCache),
+        ..Default::default()
+    };
+    for i in 0..10 {
+        let master = start_master(&data, &ufs, port);
+        let fs = FileSystem::connect(&cfg).await.unwrap();
+        let path = format!("/last-{i}");
+        fs.create(&path, opts.clone())
+            .await
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+        master.kill();
+        disk.power_loss().unwrap();
+        let master = start_master(&data, &ufs, port);
+        let fs = FileSystem::connect(&cfg).await.unwrap();
+        let st = fs.get_status(&path).await;
+        assert!(
+            st.as_ref().is_ok_and(|st| st.complete),
+            "{path} was acknowledged, then lost or left incomplete: {st:?}"
         );
         let status = master.terminate();
         assert!(status.success(), "{status}");
