@@ -5,7 +5,9 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
-use strata_client::{CreateOptions, FileInfo, FileSystem, OpenOptions, ReadType, WriteType};
+use strata_client::{
+    CreateOptions, FileInfo, FileSystem, OpenOptions, ReadType, SyncInterval, WriteType,
+};
 use strata_common::config::SiteConfig;
 use strata_common::units::format_bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -104,6 +106,11 @@ pub enum FsCommand {
         /// Human-readable sizes.
         #[arg(short = 'h')]
         human: bool,
+        /// Compare with the under-store when Strata's view is older than this:
+        /// -1 never, 0 always, or a duration (30s, 5m); default: the mount's
+        /// sync_interval option, else the master's ufs_sync_interval.
+        #[arg(long, value_name = "INTERVAL", allow_hyphen_values = true)]
+        sync_interval: Option<SyncInterval>,
         /// The path.
         path: String,
     },
@@ -165,6 +172,11 @@ pub enum FsCommand {
     },
     /// Show everything known of a path.
     Stat {
+        /// Compare with the under-store when Strata's view is older than this:
+        /// -1 never, 0 always, or a duration (30s, 5m); default: the mount's
+        /// sync_interval option, else the master's ufs_sync_interval.
+        #[arg(long, value_name = "INTERVAL", allow_hyphen_values = true)]
+        sync_interval: Option<SyncInterval>,
         /// The path.
         path: String,
     },
@@ -238,6 +250,11 @@ pub enum FsCommand {
     },
     /// Read a file or folder into worker storage.
     Load {
+        /// Compare with the under-store when Strata's view is older than this:
+        /// -1 never, 0 always, or a duration (30s, 5m); default: the mount's
+        /// sync_interval option, else the master's ufs_sync_interval.
+        #[arg(long, value_name = "INTERVAL", allow_hyphen_values = true)]
+        sync_interval: Option<SyncInterval>,
         /// The path.
         path: String,
     },
@@ -403,9 +420,11 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
         FsCommand::Ls {
             recursive,
             human,
+            sync_interval,
             path,
             ..
         } => {
+            let fs = with_sync(&fs, *sync_interval);
             if *recursive {
                 let mut all = walk(&fs, path).await?;
                 if all.first().is_some_and(|f| f.is_dir()) {
@@ -565,7 +584,11 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
             fs.rename(src, &target).await?;
             println!("Renamed {src} to {target}");
         }
-        FsCommand::Stat { path } => {
+        FsCommand::Stat {
+            sync_interval,
+            path,
+        } => {
+            let fs = with_sync(&fs, *sync_interval);
             let f = fs.get_status(path).await?;
             println!(
                 "{}: {}",
@@ -717,7 +740,11 @@ pub async fn run(cfg: SiteConfig, cmd: &FsCommand) -> anyhow::Result<i32> {
             fs.unmount(path).await?;
             println!("Unmounted {path}");
         }
-        FsCommand::Load { path } => {
+        FsCommand::Load {
+            sync_interval,
+            path,
+        } => {
+            let fs = with_sync(&fs, *sync_interval);
             let mut sink = vec![0u8; 1 << 20];
             for f in walk(&fs, path).await?.into_iter().filter(|f| !f.is_dir()) {
                 if f.cached_percent == 100 {
@@ -787,6 +814,14 @@ fn shown_option<'a>(key: &str, value: &'a str) -> &'a str {
         "****"
     } else {
         value
+    }
+}
+
+/// `fs`, asking for `interval` when one was given.
+fn with_sync(fs: &FileSystem, interval: Option<SyncInterval>) -> FileSystem {
+    match interval {
+        Some(i) => fs.with_sync_interval(i),
+        None => fs.clone(),
     }
 }
 

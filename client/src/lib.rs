@@ -34,7 +34,7 @@ pub use reader::FileReader;
 pub use strata_common::config::SiteConfig;
 pub use strata_common::types::{
     BlockLocation, FileBlocks, FileInfo, FileKind, MountOptions, MountPointInfo, ReadType,
-    UfsLocation, WorkerAddress, WriteType,
+    SyncInterval, UfsLocation, WorkerAddress, WriteType,
 };
 pub use strata_common::{Error, Result, StrataPath};
 pub use writer::FileWriter;
@@ -255,6 +255,8 @@ mod rendezvous_tests {
 #[derive(Clone)]
 pub struct FileSystem {
     inner: Arc<Inner>,
+    /// The sync interval this handle's lookups and listings ask for.
+    sync: Option<SyncInterval>,
 }
 
 fn parse(path: &str) -> Result<StrataPath> {
@@ -282,7 +284,24 @@ impl FileSystem {
                 channels: Mutex::new(HashMap::new()),
                 workers: Mutex::new(None),
             }),
+            sync: None,
         })
+    }
+
+    /// A handle on the same connection whose status lookups, listings and opens
+    /// ask the master to compare paths under a mount with the under-store when
+    /// their view is older than `interval` (`SyncInterval::Always`: every time;
+    /// `SyncInterval::Never`: never once loaded), instead of the mount's or the
+    /// master's interval.
+    pub fn with_sync_interval(&self, interval: SyncInterval) -> FileSystem {
+        FileSystem {
+            inner: self.inner.clone(),
+            sync: Some(interval),
+        }
+    }
+
+    fn sync_ms(&self) -> Option<i64> {
+        self.sync.map(SyncInterval::to_millis)
     }
 
     /// The client settings in use.
@@ -317,10 +336,14 @@ impl FileSystem {
     /// Status of a file or directory.
     pub async fn get_status(&self, path: &str) -> Result<FileInfo> {
         let path = parse(path)?.to_string();
+        let sync_interval_ms = self.sync_ms();
         let resp = self
             .retry(|mut m| {
-                let path = path.clone();
-                async move { m.get_status(proto::GetStatusRequest { path }).await }
+                let req = proto::GetStatusRequest {
+                    path: path.clone(),
+                    sync_interval_ms,
+                };
+                async move { m.get_status(req).await }
             })
             .await?
             .into_inner();
@@ -391,6 +414,7 @@ impl FileSystem {
                     path: path.clone(),
                     start_after: start_after.to_string(),
                     limit,
+                    sync_interval_ms: self.sync_ms(),
                 };
                 async move { m.list_status(req).await }
             })
@@ -486,11 +510,11 @@ impl FileSystem {
         let path = parse(path)?.to_string();
         let resp = self
             .retry(|mut m| {
-                let path = path.clone();
-                async move {
-                    m.get_file_blocks(proto::GetFileBlocksRequest { path })
-                        .await
-                }
+                let req = proto::GetFileBlocksRequest {
+                    path: path.clone(),
+                    sync_interval_ms: self.sync_ms(),
+                };
+                async move { m.get_file_blocks(req).await }
             })
             .await?
             .into_inner();

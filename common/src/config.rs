@@ -15,7 +15,7 @@
 //! a `host:port` a client can connect to.
 
 use crate::types::{ReadType, WriteType};
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration, SyncInterval};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -104,6 +104,10 @@ pub struct MasterConfig {
     /// Under-store URI mounted at `/` when the namespace is formatted; empty leaves
     /// `/` unbacked (files outside mounts can then only be written `MUST_CACHE`).
     pub root_ufs: String,
+    /// How stale the view of a path under a mount may grow before a lookup or
+    /// listing compares it with the under-store; a mount's `sync_interval` option
+    /// and a request's own interval override it.
+    pub ufs_sync_interval: SyncInterval,
     /// Smallest block size a new file may have.
     pub min_block_size: ByteSize,
     /// Largest block size a new file may have.
@@ -186,6 +190,7 @@ impl Default for MasterConfig {
             inode_cache_entries: 100_000,
             worker_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             root_ufs: String::new(),
+            ufs_sync_interval: SyncInterval::Always,
             min_block_size: ByteSize(4 << 10),
             max_block_size: ByteSize(4 << 30),
             write_lease: HumanDuration(std::time::Duration::from_secs(300)),

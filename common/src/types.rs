@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BlockId, FileId, WorkerId, MAX_FILE_ID};
 use crate::path::{validate_name, StrataPath, MAX_PATH_BYTES};
 use crate::proto;
+pub use crate::units::SyncInterval;
 use serde::Deserialize;
 use std::fmt;
 use std::str::FromStr;
@@ -559,11 +560,11 @@ pub struct MountPointInfo {
     pub read_only: bool,
     /// Mount id.
     pub mount_id: u64,
-    /// The backend's options.
+    /// The mount's options: the backend's, and Strata's own `sync_interval`.
     pub options: MountOptions,
 }
 
-/// A mount's backend options (`s3.endpoint = http://...`), in key order. They are
+/// A mount's options (`s3.endpoint = http://...`, `sync_interval = 5m`), in key order. They are
 /// journaled and shown to anyone who lists the mounts, so they never hold secrets:
 /// credentials come from each daemon's own environment.
 pub type MountOptions = std::collections::BTreeMap<String, String>;
@@ -602,7 +603,32 @@ pub fn check_mount_options(options: &MountOptions) -> Result<()> {
             ));
         }
     }
+    mount_sync_interval(options)?;
     Ok(())
+}
+
+/// The mount option Strata reads itself (the backend never sees it): how stale
+/// the namespace's view of the mount may grow, as a [`SyncInterval`].
+pub const SYNC_INTERVAL_OPTION: &str = "sync_interval";
+
+/// The sync interval a mount's options name, if any; a bad value is an error.
+pub fn mount_sync_interval(options: &MountOptions) -> Result<Option<SyncInterval>> {
+    options
+        .get(SYNC_INTERVAL_OPTION)
+        .map(|v| {
+            v.parse()
+                .map_err(|e| Error::invalid_argument(format!("option {SYNC_INTERVAL_OPTION}"), e))
+        })
+        .transpose()
+}
+
+/// A mount's options without those Strata reads itself: what its backend gets.
+pub fn backend_options(options: &MountOptions) -> MountOptions {
+    options
+        .iter()
+        .filter(|(k, _)| k.as_str() != SYNC_INTERVAL_OPTION)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl TryFrom<proto::MountPointInfo> for MountPointInfo {
@@ -1172,6 +1198,17 @@ mod tests {
         assert!(check_mount_options(&one("k", &"v".repeat(1025))).is_err());
         let many: MountOptions = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(check_mount_options(&many).is_err());
+        assert!(check_mount_options(&one("sync_interval", "5m")).is_ok());
+        assert!(check_mount_options(&one("sync_interval", "sometimes")).is_err());
+        assert_eq!(
+            mount_sync_interval(&one("sync_interval", "-1")).unwrap(),
+            Some(SyncInterval::Never)
+        );
+        let both = MountOptions::from([
+            ("sync_interval".to_string(), "0".to_string()),
+            ("s3.region".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(backend_options(&both), one("s3.region", "x"));
     }
 
     #[test]

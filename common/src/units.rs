@@ -179,6 +179,112 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// How stale Strata's view of an under-store path may grow before a lookup or a
+/// listing of it compares it with the under-store again: `-1` never (what is
+/// missing is still loaded once), `0` on every lookup and listing, or a duration
+/// such as `30s` or `5m` (at most 365 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncInterval {
+    /// Never compared again once loaded.
+    Never,
+    /// Compared on every lookup and listing.
+    Always,
+    /// Compared when the last comparison is older than this.
+    Every(Duration),
+}
+
+/// The longest sync interval: longer ones are as good as `-1`.
+pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl SyncInterval {
+    /// The interval as it travels in a request: `-1`, `0`, or milliseconds.
+    pub fn to_millis(self) -> i64 {
+        match self {
+            SyncInterval::Never => -1,
+            SyncInterval::Always => 0,
+            SyncInterval::Every(d) => d.as_millis().clamp(1, i64::MAX as u128) as i64,
+        }
+    }
+
+    /// The interval a request names in milliseconds; anything below `-1` or past
+    /// [`MAX_SYNC_INTERVAL`] is an error.
+    pub fn from_millis(ms: i64) -> Result<Self, String> {
+        match ms {
+            -1 => Ok(SyncInterval::Never),
+            0 => Ok(SyncInterval::Always),
+            n if n > 0 && n as u128 <= MAX_SYNC_INTERVAL.as_millis() => {
+                Ok(SyncInterval::Every(Duration::from_millis(n as u64)))
+            }
+            n => Err(format!(
+                "sync interval {n} ms: use -1 (never), 0 (always), or 1 ms to 365 days"
+            )),
+        }
+    }
+
+    /// Whether a comparison made `elapsed` ago is too old.
+    pub fn is_due(self, elapsed: Duration) -> bool {
+        match self {
+            SyncInterval::Never => false,
+            SyncInterval::Always => true,
+            SyncInterval::Every(d) => elapsed >= d,
+        }
+    }
+}
+
+impl FromStr for SyncInterval {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "-1" => return Ok(SyncInterval::Never),
+            "0" => return Ok(SyncInterval::Always),
+            _ => {}
+        }
+        let d = s
+            .parse::<HumanDuration>()
+            .map_err(|e| format!("{e}; a sync interval is -1 (never), 0 (always) or a duration"))?;
+        if d.0 > MAX_SYNC_INTERVAL {
+            return Err(format!(
+                "sync interval {s:?} is longer than 365 days (use -1 for never)"
+            ));
+        }
+        Ok(if d.0.is_zero() {
+            SyncInterval::Always
+        } else {
+            SyncInterval::Every(d.0)
+        })
+    }
+}
+
+impl fmt::Display for SyncInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncInterval::Never => f.write_str("-1"),
+            SyncInterval::Always => f.write_str("0"),
+            SyncInterval::Every(d) => HumanDuration(*d).fmt(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SyncInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(-1) => Ok(SyncInterval::Never),
+            Raw::Int(0) => Ok(SyncInterval::Always),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "sync interval {n}: a number is -1 (never) or 0 (always); write a duration as \"30s\""
+            ))),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +359,34 @@ mod tests {
             "5124095576030431h".parse::<HumanDuration>().unwrap().0,
             Duration::from_secs(5_124_095_576_030_431 * 3600)
         );
+    }
+    #[test]
+    fn sync_intervals_parse_print_and_travel() {
+        let p = |s: &str| s.parse::<SyncInterval>();
+        assert_eq!(p("-1"), Ok(SyncInterval::Never));
+        assert_eq!(p("0"), Ok(SyncInterval::Always));
+        assert_eq!(p("0s"), Ok(SyncInterval::Always));
+        assert_eq!(p("30s"), Ok(SyncInterval::Every(Duration::from_secs(30))));
+        assert!(p("-2").is_err());
+        assert!(p("soon").is_err());
+        assert!(p("366d").is_err());
+        assert!(p("8785h").is_err(), "past 365 days");
+        for i in [
+            SyncInterval::Never,
+            SyncInterval::Always,
+            SyncInterval::Every(Duration::from_millis(250)),
+            SyncInterval::Every(MAX_SYNC_INTERVAL),
+        ] {
+            assert_eq!(p(&i.to_string()), Ok(i));
+            assert_eq!(SyncInterval::from_millis(i.to_millis()), Ok(i));
+        }
+        assert!(SyncInterval::from_millis(-2).is_err());
+        assert!(SyncInterval::from_millis(i64::MIN).is_err());
+        assert!(SyncInterval::from_millis(MAX_SYNC_INTERVAL.as_millis() as i64 + 1).is_err());
+        let every = SyncInterval::Every(Duration::from_secs(10));
+        assert!(!every.is_due(Duration::from_secs(9)));
+        assert!(every.is_due(Duration::from_secs(10)));
+        assert!(!SyncInterval::Never.is_due(Duration::MAX));
+        assert!(SyncInterval::Always.is_due(Duration::ZERO));
     }
 }

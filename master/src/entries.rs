@@ -128,6 +128,22 @@ pub struct DeleteEntry {
     pub mtime_ms: i64,
 }
 
+/// Replaces a complete, persisted file whose under-store copy changed outside
+/// Strata (another length, time or version) with `record`, a new inode that
+/// describes the copy found: a new id, so no block cached from the old bytes is
+/// ever served as the new file's. The old inode must still be `old_id` at
+/// `record.name` in `record.parent_id`, complete and persisted (the under-store
+/// holds its bytes: nothing only Strata has is dropped).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RefreshFileEntry {
+    #[prost(uint64, tag = "1")]
+    pub old_id: u64,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    #[prost(message, optional, tag = "3")]
+    pub record: Option<InodeRecord>,
+}
+
 /// Moves inode `id` from `(src_parent, src_name)` to `(dst_parent, dst_name)`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RenameEntry {
@@ -203,7 +219,7 @@ pub struct ReclaimLevel {
 /// One namespace mutation.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JournalEntry {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
     /// Set when a client's request made the entry: apply records the result under
     /// the request's id, and an entry of a request already recorded changes
@@ -271,6 +287,8 @@ pub enum Op {
     Reclaim(ReclaimEntry),
     #[prost(message, tag = "9")]
     ClusterId(ClusterIdEntry),
+    #[prost(message, tag = "10")]
+    RefreshFile(RefreshFileEntry),
 }
 
 /// The cluster's id, journaled by the first master to lead so that every master
@@ -403,5 +421,25 @@ mod tests {
         let recorded: &[u8] = &[74, 4, 10, 2, 99, 49];
         assert_eq!(cluster.encode_to_vec(), recorded);
         assert_eq!(JournalEntry::decode(recorded).unwrap(), cluster);
+
+        let refresh: JournalEntry = Op::RefreshFile(RefreshFileEntry {
+            old_id: 7,
+            path: "/f".into(),
+            record: Some(InodeRecord {
+                id: 8,
+                parent_id: 1,
+                name: "f".into(),
+                length: 2,
+                complete: true,
+                persisted: true,
+                ..Default::default()
+            }),
+        })
+        .into();
+        let recorded: &[u8] = &[
+            82, 21, 8, 7, 18, 2, 47, 102, 26, 13, 8, 8, 16, 1, 26, 1, 102, 48, 2, 64, 1, 72, 1,
+        ];
+        assert_eq!(refresh.encode_to_vec(), recorded);
+        assert_eq!(JournalEntry::decode(recorded).unwrap(), refresh);
     }
 }

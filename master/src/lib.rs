@@ -172,6 +172,7 @@ async fn prepare(
         block_size_range: cfg.master.min_block_size.0..=cfg.master.max_block_size.0,
         pause_after_under_store,
         write_lease: cfg.master.write_lease.0,
+        sync_interval: cfg.master.ufs_sync_interval,
     })?);
 
     let bind = format!("{}:{}", cfg.master.bind_host, cfg.master.rpc_port);

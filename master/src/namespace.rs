@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use strata_common::ids::{block_count, BlockId, FileId};
-use strata_common::types::{BlockLocation, FileBlocks, FileInfo, UfsFingerprint};
+use strata_common::types::{BlockLocation, FileBlocks, FileInfo, SyncInterval, UfsFingerprint};
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{StoreCache, UnderStore};
 
@@ -54,6 +54,9 @@ const WALK_PAGE: usize = 1024;
 /// from the namespace by metadata sync (a bigger one is kept).
 const SYNC_DROP_WALK_MAX: usize = 100_000;
 
+/// Sync times kept in memory (see `Namespace::synced`).
+const SYNC_TIMES_KEPT: u64 = 262_144;
+
 /// Most files one lease renewal may name.
 pub const RENEW_MAX_FILES: usize = 10_000;
 
@@ -80,6 +83,9 @@ pub struct NamespaceDeps {
     pub pause_after_under_store: Option<Arc<crate::oplock::PausePoint>>,
     /// How long a writer's lease on its incomplete file lasts unless renewed.
     pub write_lease: std::time::Duration,
+    /// How stale a path under a mount may grow when neither the request nor the
+    /// mount names an interval.
+    pub sync_interval: SyncInterval,
 }
 
 /// One page of a listing.
@@ -106,6 +112,10 @@ pub struct Namespace {
     next_inode: AtomicU64,
     next_mount: AtomicU64,
     stores: StoreCache,
+    sync_default: SyncInterval,
+    /// When each inode's status, and each folder's children, last matched the
+    /// under-store (bounded: one evicted is merely compared again).
+    synced: moka::sync::Cache<(u64, sync::Synced), Instant>,
 }
 
 impl Namespace {
@@ -125,6 +135,8 @@ impl Namespace {
             next_inode: AtomicU64::new(1),
             next_mount: AtomicU64::new(1),
             stores: StoreCache::default(),
+            sync_default: deps.sync_interval,
+            synced: moka::sync::Cache::new(SYNC_TIMES_KEPT),
         };
         ns.take_leadership()?;
         Ok(ns)
@@ -260,23 +272,47 @@ impl Namespace {
         }
     }
 
-    /// Status of `path`.
-    pub async fn get_status(&self, path: &StrataPath) -> Result<FileInfo> {
-        let rec = self.lookup_unlocked(path).await?;
+    /// Status of `path`, compared with the under-store first when `sync` (else
+    /// the path's mount, else the master's default) says so.
+    pub async fn get_status(
+        &self,
+        path: &StrataPath,
+        sync: Option<SyncInterval>,
+    ) -> Result<FileInfo> {
+        let rec = self.lookup_synced(path, sync).await?;
         self.info(path.clone(), &rec)
     }
 
+    /// [`Self::lookup_unlocked`], then [`Self::sync_found`].
+    async fn lookup_synced(
+        &self,
+        path: &StrataPath,
+        sync: Option<SyncInterval>,
+    ) -> Result<Arc<InodeRecord>> {
+        let rec = self.lookup_unlocked(path).await?;
+        self.sync_found(path, rec, sync)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                path: path.to_string(),
+            })
+    }
+
     /// One page of a directory's entries (or the file itself), in name order:
-    /// up to `limit` entries after `start_after`. The under-store is synced on the
-    /// first page only.
+    /// up to `limit` entries after `start_after`. The under-store is compared on
+    /// the first page only, when `sync` (else the mount's, else the master's
+    /// interval) says so.
     pub async fn list_page(
         &self,
         path: &StrataPath,
         start_after: Option<&str>,
         limit: usize,
+        sync: Option<SyncInterval>,
     ) -> Result<ListPage> {
         let limit = limit.clamp(1, LIST_PAGE_MAX);
-        let rec = self.lookup_unlocked(path).await?;
+        let rec = match start_after {
+            None => self.lookup_synced(path, sync).await?,
+            Some(_) => self.lookup_unlocked(path).await?,
+        };
         if !rec.is_dir {
             let entries = match start_after {
                 None => vec![self.info(path.clone(), &rec)?],
@@ -289,8 +325,7 @@ impl Namespace {
             });
         }
         if start_after.is_none() {
-            let staged = self.sync_children(path, rec.id).await?;
-            self.sweep_listed(path, rec.id, &staged).await?;
+            self.sync_listing(path, &rec, sync).await?;
         }
         let (children, more) = self.store.list_children_page(rec.id, start_after, limit)?;
         let cursor = children.last().map(|(n, _)| n.clone()).unwrap_or_default();
@@ -308,9 +343,14 @@ impl Namespace {
         })
     }
 
-    /// A complete file's blocks, their locations, and its under-store copy.
-    pub async fn file_blocks(&self, path: &StrataPath) -> Result<FileBlocks> {
-        let rec = self.lookup_unlocked(path).await?;
+    /// A complete file's blocks, their locations, and its under-store copy (after
+    /// comparing it with the under-store as [`Self::get_status`] does).
+    pub async fn file_blocks(
+        &self,
+        path: &StrataPath,
+        sync: Option<SyncInterval>,
+    ) -> Result<FileBlocks> {
+        let rec = self.lookup_synced(path, sync).await?;
         if rec.is_dir {
             return Err(Error::IsADirectory {
                 path: path.to_string(),

@@ -9,7 +9,9 @@ use strata_common::proto::{
     self, block_master_server::BlockMaster, file_system_master_server::FileSystemMaster,
     master_admin_server::MasterAdmin,
 };
-use strata_common::types::{parse_path, request_id, CreateFile, UfsFingerprint, UfsLocation};
+use strata_common::types::{
+    parse_path, request_id, CreateFile, SyncInterval, UfsFingerprint, UfsLocation,
+};
 use strata_common::Error;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
@@ -72,15 +74,26 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| Error::internal(format!("mutation task failed: {e}")))?
 }
 
+/// A request's sync interval, checked.
+fn sync_interval(ms: Option<i64>) -> strata_common::Result<Option<SyncInterval>> {
+    ms.map(|ms| {
+        SyncInterval::from_millis(ms)
+            .map_err(|reason| Error::invalid_argument("sync_interval_ms", reason))
+    })
+    .transpose()
+}
+
 #[tonic::async_trait]
 impl FileSystemMaster for FileSystemService {
     async fn get_status(
         &self,
         req: Request<proto::GetStatusRequest>,
     ) -> Answer<proto::GetStatusResponse> {
-        let path = parse_path(&req.into_inner().path)?;
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        let sync = sync_interval(req.sync_interval_ms)?;
         self.ns.read_barrier().await?;
-        let info = self.ns.get_status(&path).await?;
+        let info = self.ns.get_status(&path, sync).await?;
         ok(proto::GetStatusResponse {
             info: Some(info.into()),
         })
@@ -105,7 +118,8 @@ impl FileSystemMaster for FileSystemService {
             0 => crate::namespace::LIST_PAGE_DEFAULT,
             n => n as usize,
         };
-        let page = self.ns.list_page(&path, start_after, limit).await?;
+        let sync = sync_interval(req.sync_interval_ms)?;
+        let page = self.ns.list_page(&path, start_after, limit, sync).await?;
         ok(proto::ListStatusResponse {
             entries: page.entries.into_iter().map(Into::into).collect(),
             more: page.more,
@@ -247,9 +261,11 @@ impl FileSystemMaster for FileSystemService {
         &self,
         req: Request<proto::GetFileBlocksRequest>,
     ) -> Answer<proto::GetFileBlocksResponse> {
-        let path = parse_path(&req.into_inner().path)?;
+        let req = req.into_inner();
+        let path = parse_path(&req.path)?;
+        let sync = sync_interval(req.sync_interval_ms)?;
         self.ns.read_barrier().await?;
-        ok(self.ns.file_blocks(&path).await?.into())
+        ok(self.ns.file_blocks(&path, sync).await?.into())
     }
 
     async fn free(&self, req: Request<proto::FreeRequest>) -> Answer<proto::FreeResponse> {

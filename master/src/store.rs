@@ -571,7 +571,8 @@ mod tests {
     use super::*;
     use crate::entries::{
         ClusterIdEntry, CompleteFileEntry, CreateEntry, DeleteEntry, JournalEntry,
-        LoadChildrenEntry, MountEntry, Op, ReclaimEntry, RenameEntry, UnmountEntry,
+        LoadChildrenEntry, MountEntry, Op, ReclaimEntry, RefreshFileEntry, RenameEntry,
+        UnmountEntry,
     };
 
     fn dir(id: u64, parent: u64, name: &str, t: i64) -> InodeRecord {
@@ -871,6 +872,58 @@ mod tests {
         assert_eq!(s.get_child(1, "g").unwrap(), Some(5));
         assert_eq!(s.mounts()[0].uri, "file:///u");
         assert_eq!(s.get_inode(5).unwrap().unwrap().ufs_version, "v1");
+    }
+
+    #[test]
+    fn a_refresh_replaces_only_a_complete_persisted_file_with_a_new_inode() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetaStore::open(d.path(), 100).unwrap();
+        // Through the rename of file 5 (complete, persisted) to /g; file 7 is /a/u,
+        // loaded incomplete.
+        for (i, e) in history().iter().take(8).enumerate() {
+            let _ = s.apply(i as u64 + 1, e);
+        }
+        let fresh = |id: u64, parent: u64, name: &str| InodeRecord {
+            length: 3,
+            complete: true,
+            persisted: true,
+            ufs_version: "v2".into(),
+            ..file(id, parent, name, 4)
+        };
+        let refresh = |old_id: u64, record: InodeRecord| -> JournalEntry {
+            Op::RefreshFile(RefreshFileEntry {
+                old_id,
+                path: format!("/{}", record.name),
+                record: Some(record),
+            })
+            .into()
+        };
+        let version = s.get_inode(1).unwrap().unwrap().children_version;
+        // Another inode at the name, an incomplete file, a folder, a taken id.
+        assert!(matches!(
+            s.apply(9, &refresh(6, fresh(20, 1, "g"))),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.apply(10, &refresh(7, fresh(20, 2, "u"))),
+            Err(Error::NotPermitted { .. })
+        ));
+        assert!(matches!(
+            s.apply(11, &refresh(3, fresh(20, 2, "b"))),
+            Err(Error::NotPermitted { .. })
+        ));
+        assert!(s.apply(12, &refresh(5, fresh(7, 1, "g"))).is_err());
+        assert_eq!(s.get_child(1, "g").unwrap(), Some(5));
+
+        let applied = s.apply(13, &refresh(5, fresh(20, 1, "g"))).unwrap();
+        assert_eq!(applied.removed_files, [FileId(5)]);
+        assert_eq!(s.get_child(1, "g").unwrap(), Some(20));
+        assert!(s.get_inode(5).unwrap().is_none());
+        let g = s.get_inode(20).unwrap().unwrap();
+        assert_eq!((g.length, g.ufs_version.as_str()), (3, "v2"));
+        // The folder's children are the same names: a load listed before still fits.
+        assert_eq!(s.get_inode(1).unwrap().unwrap().children_version, version);
+        assert_eq!(s.last_inode_id().unwrap(), 20);
     }
 
     #[test]

@@ -134,6 +134,74 @@ fn a_bucket_filled_by_another_program_is_mounted_read_and_cached() {
     });
 }
 
+async fn put_object(s3: &aws_sdk_s3::Client, key: &str, body: &[u8]) {
+    s3.put_object()
+        .bucket("lake")
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Objects replaced or deleted by another program: within a mount's sync interval
+/// Strata keeps its view and serves the cached bytes; once the interval has passed
+/// the new object is read (same length: only the ETag tells) and the deleted one
+/// is gone; a request's own interval sees the change at once.
+#[test]
+fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_before() {
+    runtime_with_aws_environment().block_on(async {
+        let moto = Moto::start();
+        moto.bucket("lake").await;
+        let s3 = moto.client().await;
+        let (old, new) = (pattern(100_000, 1), pattern(100_000, 2));
+        for key in ["slow/obj", "quick/obj", "quick/gone"] {
+            put_object(&s3, key, &old).await;
+        }
+        let c = cluster().await;
+        c.wait_for_workers(1).await;
+        for (path, prefix, every) in [("/slow", "slow", "1h"), ("/quick", "quick", "500ms")] {
+            let mut options = moto.options();
+            options.insert("sync_interval".into(), every.into());
+            c.fs.mount_with_options(path, &format!("s3://lake/{prefix}"), false, &options)
+                .await
+                .unwrap();
+        }
+        let table = c.fs.mount_table().await.unwrap();
+        let slow = table.iter().find(|m| m.path.as_str() == "/slow").unwrap();
+        assert_eq!(slow.options["sync_interval"], "1h");
+        assert_eq!(list_names(&c.fs, "/quick").await, ["gone", "obj"]);
+        for path in ["/slow/obj", "/quick/obj"] {
+            assert_eq!(read_all(&c.fs, path).await, old);
+        }
+        let cached_id = c.fs.get_status("/slow/obj").await.unwrap().id;
+
+        for key in ["slow/obj", "quick/obj"] {
+            put_object(&s3, key, &new).await;
+        }
+        s3.delete_object()
+            .bucket("lake")
+            .key("quick/gone")
+            .send()
+            .await
+            .unwrap();
+
+        // Not before: the hour-long interval keeps the cached object.
+        assert_eq!(read_all(&c.fs, "/slow/obj").await, old);
+        assert_eq!(c.fs.get_status("/slow/obj").await.unwrap().id, cached_id);
+        // After: half a second on, the new object and no deleted one.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert_eq!(read_all(&c.fs, "/quick/obj").await, new);
+        assert_eq!(list_names(&c.fs, "/quick").await, ["obj"]);
+        // A request that asks for a fresh view gets one at once.
+        let fresh = c.fs.with_sync_interval(strata_client::SyncInterval::Always);
+        assert_eq!(read_all(&fresh, "/slow/obj").await, new);
+        assert_ne!(c.fs.get_status("/slow/obj").await.unwrap().id, cached_id);
+        assert_eq!(read_all(&c.fs, "/slow/obj").await, new);
+        c.stop().await;
+    });
+}
+
 #[test]
 fn bad_s3_mounts_are_clear_errors_and_leave_no_mount() {
     runtime_with_aws_environment().block_on(async {

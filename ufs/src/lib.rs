@@ -224,6 +224,8 @@ pub fn open(uri: &str) -> Result<Arc<dyn UnderStore>> {
 /// Opens the under-store `uri` names with a mount's options (`s3.*` for S3; a
 /// local folder takes none). Unknown schemes and options are clear errors.
 pub fn open_with(uri: &str, options: &BTreeMap<String, String>) -> Result<Arc<dyn UnderStore>> {
+    // Options Strata reads itself (the sync interval) are not the backend's.
+    let options = &strata_common::types::backend_options(options);
     let scheme = uri.split_once("://").map(|(s, _)| s).unwrap_or("");
     if scheme == "s3" {
         return Ok(Arc::new(s3::S3Store::open(

@@ -9,7 +9,9 @@ use crate::entries::{CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, O
 use crate::oplock::PathGuard;
 use std::time::Instant;
 use strata_common::ids::{block_count, FileId, MAX_BLOCKS_PER_FILE};
-use strata_common::types::{CreateFile, FileInfo, RequestId, UfsFingerprint, UfsLocation};
+use strata_common::types::{
+    CreateFile, FileInfo, RequestId, SyncInterval, UfsFingerprint, UfsLocation,
+};
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::UfsPath;
 
@@ -342,7 +344,8 @@ impl Namespace {
         // Blocks its writer reported while the length was unknown must fit it now.
         self.registry
             .retain_blocks_of(id, |b, len| self.block_is_valid(b, len));
-        self.get_status(&path).await
+        // Just recorded from its writer's copy: nothing to compare.
+        self.get_status(&path, Some(SyncInterval::Never)).await
     }
 
     /// Makes the staged under-store copy of file `id` visible at its path as it is

@@ -4,11 +4,222 @@
 //! dropped when no bytes live only in Strata, and writers' staged copies are
 //! swept.
 
-use super::{now_ms, Namespace, LOAD_BATCH, SYNC_ATTEMPTS, SYNC_DROP_WALK_MAX, WALK_PAGE};
-use crate::entries::{DeleteEntry, InodeRecord, LoadChildrenEntry, Op};
+use super::resolve::MountHit;
+use super::{
+    now_ms, recorded_fingerprint, Namespace, LOAD_BATCH, SYNC_ATTEMPTS, SYNC_DROP_WALK_MAX,
+    WALK_PAGE,
+};
+use crate::entries::{DeleteEntry, InodeRecord, LoadChildrenEntry, Op, RefreshFileEntry};
+use std::sync::Arc;
+use std::time::Instant;
+use strata_common::types::{mount_sync_interval, SyncInterval};
 use strata_common::{Error, Result, StrataPath};
+use strata_ufs::UfsStatus;
+
+/// What a recorded sync time is for: an inode's own status, or a folder's children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Synced {
+    /// The inode compared with the under-store's status of its path.
+    Status,
+    /// A folder's children compared with the under-store's listing.
+    Children,
+}
 
 impl Namespace {
+    /// The sync interval for a path of mount `hit`: the request's, else the
+    /// mount's `sync_interval` option, else the master's `ufs_sync_interval`.
+    pub(super) fn interval_for(&self, hit: &MountHit, asked: Option<SyncInterval>) -> SyncInterval {
+        asked
+            .or_else(|| mount_sync_interval(&hit.record.options).ok().flatten())
+            .unwrap_or(self.sync_default)
+    }
+
+    /// Whether `what` of inode `id` is due for a comparison with the under-store.
+    /// With `Never`, a folder's children are compared once (the first listing this
+    /// master serves, as the sync times are kept in memory) and a file never: it
+    /// was looked at when loaded.
+    fn sync_due(&self, id: u64, what: Synced, interval: SyncInterval) -> bool {
+        match (interval, self.synced.get(&(id, what))) {
+            (SyncInterval::Always, _) => true,
+            (SyncInterval::Never, last) => what == Synced::Children && last.is_none(),
+            (SyncInterval::Every(_), None) => true,
+            (i, Some(at)) => i.is_due(at.elapsed()),
+        }
+    }
+
+    /// Records that `what` of inode `id` matched the under-store as of `at`.
+    fn mark_synced(&self, id: u64, what: Synced, at: Instant, interval: SyncInterval) {
+        if interval != SyncInterval::Always {
+            self.synced.insert((id, what), at);
+        }
+    }
+
+    /// Compares `rec`, found at `path`, with the under-store when its sync interval
+    /// (`asked`, else its mount's, else the master's) says it is due. A file
+    /// changed in place is refreshed: replaced by a new inode for the copy found,
+    /// so no block cached from the old bytes is served as the new ones. A file or
+    /// folder gone, or replaced by one of the other kind, is dropped unless it
+    /// holds bytes only Strata has. Returns what `path` names afterwards.
+    pub(super) async fn sync_found(
+        &self,
+        path: &StrataPath,
+        rec: Arc<InodeRecord>,
+        asked: Option<SyncInterval>,
+    ) -> Result<Option<Arc<InodeRecord>>> {
+        // Mount points, folders made in Strata alone, files being written or not
+        // persisted: the under-store is not their reference.
+        if rec.mount_id != 0 || !rec.persisted || (!rec.is_dir && !rec.complete) {
+            return Ok(Some(rec));
+        }
+        let Some(hit) = self.mount_for(path) else {
+            return Ok(Some(rec));
+        };
+        let interval = self.interval_for(&hit, asked);
+        if !self.sync_due(rec.id, Synced::Status, interval) {
+            return Ok(Some(rec));
+        }
+        let started = Instant::now();
+        let ufs = self.under_store(&hit.record)?;
+        let upath = hit.ufs_path()?;
+        let agrees = |rec: &InodeRecord, found: &Option<UfsStatus>| match found {
+            Some(st) if st.is_dir == rec.is_dir => {
+                rec.is_dir
+                    || recorded_fingerprint(rec)
+                        .mismatch(&st.fingerprint())
+                        .is_none()
+            }
+            _ => false,
+        };
+        // The common case, unlocked: the under-store agrees.
+        if agrees(&rec, &ufs.status(&upath).await?) {
+            self.mark_synced(rec.id, Synced::Status, started, interval);
+            return Ok(Some(rec));
+        }
+        // Locked, a mutation of the path is either done or not begun: look again,
+        // so a half-done rename or overwrite is never taken for a change outside.
+        let _guard = self.locks.lock(&[path]).await;
+        let rec = match self.resolve(path)?.found() {
+            Some(r) if r.id == rec.id => r.clone(),
+            other => return Ok(other.cloned()), // changed meanwhile: as good
+        };
+        let found = ufs.status(&upath).await?;
+        let now = match found {
+            _ if agrees(&rec, &found) => Some(rec),
+            Some(st) if st.is_dir == rec.is_dir => {
+                let reason = recorded_fingerprint(&rec)
+                    .mismatch(&st.fingerprint())
+                    .unwrap_or_default();
+                self.refresh(path, &rec, &st, &reason).await?
+            }
+            found => {
+                let parent = self.inode(rec.parent_id)?;
+                if !self.drop_gone(path, &parent, &rec).await? {
+                    return Ok(Some(rec)); // kept: only Strata has some of its bytes
+                }
+                match found {
+                    // The other kind now: load what is there.
+                    Some(_) => self.resolve_synced(path).await?.found().cloned(),
+                    None => None,
+                }
+            }
+        };
+        if let Some(r) = &now {
+            self.mark_synced(r.id, Synced::Status, started, interval);
+        }
+        Ok(now)
+    }
+
+    /// Replaces file `rec` at `path` by a new inode for the under-store copy `st`
+    /// (see [`RefreshFileEntry`]); the caller holds `path`'s lock. Returns what
+    /// `path` names afterwards.
+    async fn refresh(
+        &self,
+        path: &StrataPath,
+        rec: &InodeRecord,
+        st: &UfsStatus,
+        reason: &str,
+    ) -> Result<Option<Arc<InodeRecord>>> {
+        let mut new = self.loaded_record(rec.parent_id, st);
+        new.name = rec.name.clone();
+        new.block_size = rec.block_size;
+        tracing::info!(%path, old = rec.id, new = new.id, "changed in the under-store ({reason}): refreshed");
+        let entry = RefreshFileEntry {
+            old_id: rec.id,
+            path: path.to_string(),
+            record: Some(new.clone()),
+        };
+        match self.propose(Op::RefreshFile(entry)).await {
+            Ok(applied) => {
+                self.after_removal(&applied);
+                Ok(Some(Arc::new(new)))
+            }
+            // Changed through Strata meanwhile: what is there now is current.
+            Err(Error::NotFound { .. } | Error::NotPermitted { .. }) => {
+                Ok(self.resolve(path)?.found().cloned())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops `rec`, at `path` in folder `parent`, gone from the under-store;
+    /// false (and kept, with a log line) for a folder below which some file lives
+    /// in Strata alone (written `MUST_CACHE`, being written): those bytes would be
+    /// lost with it. True too when it went meanwhile.
+    async fn drop_gone(
+        &self,
+        path: &StrataPath,
+        parent: &InodeRecord,
+        rec: &InodeRecord,
+    ) -> Result<bool> {
+        if rec.is_dir && !self.only_persisted_below(path, rec)? {
+            tracing::warn!(
+                %path,
+                "folder gone from the under-store keeps files that only Strata holds; kept"
+            );
+            return Ok(false);
+        }
+        let gone = DeleteEntry {
+            parent_id: parent.id,
+            path: path.to_string(),
+            name: rec.name.clone(),
+            id: rec.id,
+            recursive: rec.is_dir,
+            mtime_ms: now_ms(),
+        };
+        match self.propose(Op::Delete(gone)).await {
+            Ok(applied) => {
+                self.after_removal(&applied);
+                Ok(true)
+            }
+            // Renamed or deleted through Strata meanwhile.
+            Err(Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compares folder `dir` at `path` with its under-store listing when its sync
+    /// interval says it is due (see [`Self::sync_children`]), then sweeps the
+    /// staged copies the listing found.
+    pub(super) async fn sync_listing(
+        &self,
+        path: &StrataPath,
+        dir: &InodeRecord,
+        asked: Option<SyncInterval>,
+    ) -> Result<()> {
+        let Some(hit) = self.mount_for(path) else {
+            return Ok(());
+        };
+        let interval = self.interval_for(&hit, asked);
+        if !self.sync_due(dir.id, Synced::Children, interval) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let staged = self.sync_children(path, dir.id).await?;
+        self.sweep_listed(path, dir.id, &staged).await?;
+        self.mark_synced(dir.id, Synced::Children, started, interval);
+        Ok(())
+    }
+
     /// Loads the children the under-store has and the namespace lacks, and drops the
     /// complete, persisted files and the all-persisted folders it no longer has. Returns the keys of the copies
     /// staged in the folder when it was last listed (see [`Self::sweep_staged`]).
@@ -28,14 +239,14 @@ impl Namespace {
             // before its journal entry. (One completed after this point is not a
             // candidate, however the listing raced it.) Only their ids are kept,
             // 8 bytes each.
-            let mut persisted_ids = Vec::new();
+            let mut persisted_ids: Vec<(u64, bool)> = Vec::new();
             self.each_child_page(dir_id, |page| {
                 for (_, id) in page {
                     if let Some(rec) = self.store.get_inode(*id)? {
                         let file = !rec.is_dir && rec.complete && rec.persisted;
                         let folder = rec.is_dir && rec.persisted && rec.mount_id == 0;
                         if file || folder {
-                            persisted_ids.push(*id);
+                            persisted_ids.push((*id, rec.is_dir));
                         }
                     }
                 }
@@ -53,55 +264,31 @@ impl Namespace {
             if !listed.is_sorted_by(|a, b| a.name <= b.name) {
                 listed.sort_by(|a, b| a.name.cmp(&b.name));
             }
-            // Gone from the under-store: candidates the listing lacks, found by
-            // reading the namespace a page at a time against the sorted listing.
+            // Gone from the under-store: candidates the listing lacks, or lists as
+            // the other kind (a file where a folder was), found by reading the
+            // namespace a page at a time against the sorted listing.
             let mut gone = Vec::new();
             self.each_child_page(dir_id, |page| {
                 for (name, id) in page {
-                    if persisted_ids.binary_search(id).is_ok()
-                        && listed
-                            .binary_search_by(|st| st.name.as_str().cmp(name))
-                            .is_err()
-                    {
-                        gone.push((name.clone(), *id));
+                    let Ok(i) = persisted_ids.binary_search_by_key(id, |(id, _)| *id) else {
+                        continue;
+                    };
+                    let was_dir = persisted_ids[i].1;
+                    match listed.binary_search_by(|st| st.name.as_str().cmp(name)) {
+                        Ok(j) if listed[j].is_dir == was_dir => {}
+                        _ => gone.push((name.clone(), *id)),
                     }
                 }
                 Ok(())
             })?;
             drop(persisted_ids);
             let mut removed_any = false;
+            let dir = self.inode(dir_id)?;
             for (name, id) in gone {
-                let child_path = path.join(&name)?;
                 let Some(rec) = self.store.get_inode(id)? else {
                     continue; // removed meanwhile
                 };
-                // A folder goes only if nothing below it lives in Strata alone
-                // (a file written MUST_CACHE, one being written): those bytes
-                // would be lost with it.
-                if rec.is_dir && !self.only_persisted_below(&child_path, &rec)? {
-                    tracing::warn!(
-                        path = %child_path,
-                        "folder gone from the under-store keeps files that only Strata holds; kept"
-                    );
-                    continue;
-                }
-                let gone = DeleteEntry {
-                    parent_id: dir_id,
-                    path: child_path.to_string(),
-                    name,
-                    id,
-                    recursive: rec.is_dir,
-                    mtime_ms: now_ms(),
-                };
-                match self.propose(Op::Delete(gone)).await {
-                    Ok(applied) => {
-                        self.after_removal(&applied);
-                        removed_any = true;
-                    }
-                    // Renamed or deleted through Strata meanwhile.
-                    Err(Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                removed_any |= self.drop_gone(&path.join(&name)?, &dir, &rec).await?;
             }
             if removed_any {
                 continue; // the directory changed: list again before loading
@@ -112,9 +299,26 @@ impl Namespace {
             let mut expected = version;
             let mut batch = Vec::new();
             let mut interrupted = false;
+            // Complete, persisted files whose copy changed in place: refreshed once
+            // the load is done (a refresh leaves the folder's version alone).
+            let mut changed = Vec::new();
             for st in &listed {
-                if self.store.get_child(dir_id, &st.name)?.is_none() {
-                    batch.push(self.loaded_record(dir_id, st));
+                match self.store.get_child(dir_id, &st.name)? {
+                    None => batch.push(self.loaded_record(dir_id, st)),
+                    Some(id) if !st.is_dir => {
+                        if let Some(rec) = self.store.get_inode(id)? {
+                            if !rec.is_dir
+                                && rec.complete
+                                && rec.persisted
+                                && recorded_fingerprint(&rec)
+                                    .mismatch(&st.fingerprint())
+                                    .is_some()
+                            {
+                                changed.push((id, st));
+                            }
+                        }
+                    }
+                    Some(_) => {}
                 }
                 if batch.len() == LOAD_BATCH {
                     match self.load_batch(path, dir_id, expected, &mut batch).await? {
@@ -132,10 +336,37 @@ impl Namespace {
                     .await?
                     .is_some()
             {
+                for (id, st) in changed {
+                    self.refresh_listed(path, dir_id, id, st).await?;
+                }
                 return Ok(staged);
             }
         }
         Ok(staged)
+    }
+
+    /// Refreshes file `id`, listed in folder `dir_id` at `path` with status `st`
+    /// that differs from its record, under the file's lock and only if the
+    /// folder still holds it and it still differs.
+    async fn refresh_listed(
+        &self,
+        path: &StrataPath,
+        dir_id: u64,
+        id: u64,
+        st: &UfsStatus,
+    ) -> Result<()> {
+        let child = path.join(&st.name)?;
+        let _guard = self.locks.lock(&[&child]).await;
+        if self.store.get_child(dir_id, &st.name)? != Some(id) {
+            return Ok(()); // changed through Strata meanwhile
+        }
+        let Some(rec) = self.store.get_inode(id)? else {
+            return Ok(());
+        };
+        if let Some(reason) = recorded_fingerprint(&rec).mismatch(&st.fingerprint()) {
+            self.refresh(&child, &rec, st, &reason).await?;
+        }
+        Ok(())
     }
 
     /// Whether every file below folder `rec` is complete and persisted (so the

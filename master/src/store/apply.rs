@@ -13,7 +13,8 @@ use super::{
 };
 use crate::entries::{
     CompleteFileEntry, CreateEntry, DeleteEntry, InodeRecord, JournalEntry, LoadChildrenEntry,
-    MountEntry, MountRecord, Op, ReclaimCursor, ReclaimLevel, RenameEntry, UnmountEntry,
+    MountEntry, MountRecord, Op, ReclaimCursor, ReclaimLevel, RefreshFileEntry, RenameEntry,
+    UnmountEntry,
 };
 use prost::Message;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
@@ -53,6 +54,7 @@ impl MetaStore {
             Some(Op::Unmount(e)) => tx.unmount(e),
             Some(Op::Reclaim(e)) => tx.reclaim(e.root, e.limit),
             Some(Op::ClusterId(e)) => tx.cluster_id(&e.id),
+            Some(Op::RefreshFile(e)) => tx.refresh_file(e),
             None => Err(Error::invalid_argument("journal entry", "empty")),
         };
         let Tx {
@@ -387,6 +389,51 @@ impl<'a> Tx<'a> {
         }
         Ok(Applied {
             children_version: Some(dir.children_version + u64::from(added)),
+            ..Applied::default()
+        })
+    }
+
+    fn refresh_file(&mut self, e: &RefreshFileEntry) -> Result<Applied> {
+        let new = e
+            .record
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument("journal entry", "refresh without a record"))?;
+        let gone = || Error::NotFound {
+            path: e.path.clone(),
+        };
+        if self.child(new.parent_id, &new.name)? != Some(e.old_id)
+            || !self.reachable(new.parent_id)?
+        {
+            return Err(gone());
+        }
+        let old = self.inode(e.old_id)?.ok_or_else(gone)?;
+        // Only a file whose bytes the under-store holds is replaced: one being
+        // written, or written to Strata alone, keeps its inode.
+        if old.is_dir || !old.complete || !old.persisted || old.mount_id != 0 {
+            return Err(Error::NotPermitted {
+                path: e.path.clone(),
+                reason: "only a complete, persisted file is refreshed from its under-store"
+                    .to_string(),
+            });
+        }
+        if new.is_dir || !new.complete || !new.persisted || new.mount_id != 0 {
+            return Err(Error::invalid_argument(
+                "journal entry",
+                "a refreshed file must be complete and persisted",
+            ));
+        }
+        if self.inode(new.id)?.is_some() {
+            return Err(id_in_use(&e.path, new.id));
+        }
+        self.existing_dir(new.parent_id, &e.path)?;
+        // The folder keeps its names, so its version stays: a load of children
+        // listed before this entry still fits.
+        self.delete_edge(new.parent_id, &new.name)?;
+        let removed = self.remove_inode(&old)?;
+        self.put_edge(new.parent_id, &new.name, new.id)?;
+        self.put_inode(new.clone())?;
+        Ok(Applied {
+            removed_files: removed.into_iter().collect(),
             ..Applied::default()
         })
     }
