@@ -193,7 +193,7 @@ pub enum SyncInterval {
     Every(Duration),
 }
 
-/// The longest sync interval: longer ones are as good as `-1`.
+/// The longest sync interval (365 days); for longer, use `-1` (never).
 pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl SyncInterval {

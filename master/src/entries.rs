@@ -163,6 +163,10 @@ pub struct RenameEntry {
     pub dst_path: String,
     #[prost(int64, tag = "8")]
     pub mtime_ms: i64,
+    /// For a persisted file whose under-store copy changed version in the move
+    /// (an S3 copy may get a new ETag): the version of the copy at `dst_path`.
+    #[prost(string, optional, tag = "9")]
+    pub ufs_version: Option<String>,
 }
 
 /// Mounts `mount.uri` at a new directory `inode` under `parent_id`, or at the root

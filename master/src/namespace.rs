@@ -159,9 +159,13 @@ impl Namespace {
     /// which it leads (call once every entry of earlier terms is applied): the next
     /// inode and mount ids past every id any master used, a full lease for every
     /// file being written (its writer may have been renewing with another master),
-    /// and an empty worker registry (workers register again).
+    /// an empty worker registry (workers register again), and no sync times
+    /// (every path under a mount is compared with its under-store again).
     pub fn take_leadership(&self) -> Result<()> {
         self.registry.forget_all();
+        // Another leader may have seen (or left) changes in the under-stores
+        // meanwhile: every path is compared again.
+        self.synced.invalidate_all();
         self.next_inode
             .fetch_max(self.store.last_inode_id()? + 1, Ordering::AcqRel);
         self.next_mount

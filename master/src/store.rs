@@ -661,6 +661,7 @@ mod tests {
                 src_path: "/a".into(),
                 dst_path: "/a/b/x".into(),
                 mtime_ms: 13,
+                ufs_version: None,
             })
             .into(),
             Op::Rename(RenameEntry {
@@ -672,6 +673,7 @@ mod tests {
                 src_path: "/a/b/f".into(),
                 dst_path: "/g".into(),
                 mtime_ms: 14,
+                ufs_version: None,
             })
             .into(),
             Op::Mount(MountEntry {
@@ -1230,6 +1232,7 @@ mod tests {
             src_path: "/t/u/f".into(),
             dst_path: "/f".into(),
             mtime_ms: 3,
+            ufs_version: None,
         }))));
         assert!(not_found(apply(Op::Delete(DeleteEntry {
             parent_id: 3,

@@ -265,3 +265,137 @@ async fn bad_intervals_are_clear_errors() {
     }
     c.stop().await;
 }
+
+/// A non-recursive delete of a folder whose file changed in place answers (the
+/// folder is not empty) instead of waiting on its own lock, and the folder stays
+/// usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_folder_with_a_changed_file_does_not_wait_on_itself() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    let ufs = c.underfs();
+    std::fs::create_dir(ufs.join("d")).unwrap();
+    std::fs::write(ufs.join("d/f"), b"one").unwrap();
+    std::fs::write(ufs.join("d/g"), b"g").unwrap();
+    assert_eq!(list_names(&c.fs, "/d").await, ["f", "g"]);
+    change_in_place(&ufs.join("d/f"), b"two!");
+    let limit = Duration::from_secs(10);
+    let r = tokio::time::timeout(limit, c.fs.delete("/d", false))
+        .await
+        .expect("the delete answers");
+    assert!(matches!(r, Err(Error::DirectoryNotEmpty { .. })), "{r:?}");
+    let g = tokio::time::timeout(limit, c.fs.get_status("/d/g"))
+        .await
+        .expect("the folder is not left locked");
+    assert_eq!(g.unwrap().length, 1);
+    assert_eq!(read_all(&c.fs, "/d/f").await, b"two!");
+    c.stop().await;
+}
+
+/// A file replaced outside by a huge (sparse) one gets a block size that keeps
+/// its block count within what a file may have, whatever the old block size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_grown_huge_outside_keeps_a_bounded_block_count() {
+    let c = MiniCluster::start(ClusterOptions {
+        block_size: 4096,
+        ..Default::default()
+    })
+    .await;
+    let file = c.underfs().join("big");
+    std::fs::write(&file, b"small").unwrap();
+    let small = c.fs.get_status("/big").await.unwrap();
+    assert_eq!(small.block_size, 4096);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let big = c.fs.get_status("/big").await.unwrap();
+    assert_eq!(big.length, 1 << 40);
+    let blocks = big.length.div_ceil(big.block_size);
+    assert!(
+        blocks <= strata_common::ids::MAX_BLOCKS_PER_FILE,
+        "{blocks} blocks of {}",
+        big.block_size
+    );
+    assert_ne!(big.id, small.id);
+    c.stop().await;
+}
+
+/// A reader that opened a file before it was refreshed never reads the new bytes
+/// as the old file's: once the old blocks leave the worker, it gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_of_a_refreshed_file_never_mixes_old_and_new() {
+    let c = MiniCluster::start(ClusterOptions {
+        block_size: 64 << 10,
+        ..Default::default()
+    })
+    .await;
+    c.wait_for_workers(1).await;
+    let file = c.underfs().join("f");
+    let old = pattern(256 << 10, 1);
+    std::fs::write(&file, &old).unwrap();
+    assert_eq!(read_all(&c.fs, "/f").await, old);
+    let mut reader = c.fs.open("/f", OpenOptions::default()).await.unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    reader.read_exact(&mut first).await.unwrap();
+    assert_eq!(first, old[..64 << 10]);
+
+    let new = pattern(256 << 10, 2);
+    change_in_place(&file, &new);
+    let removed = c
+        .worker_counter(strata_worker::metrics::BLOCKS_REMOVED)
+        .await;
+    assert_ne!(c.fs.get_status("/f").await.unwrap().length, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c
+        .worker_counter(strata_worker::metrics::BLOCKS_REMOVED)
+        .await
+        < removed + 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old blocks not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rest = Vec::new();
+    match reader.read_to_end(&mut rest).await {
+        Err(_) => {}
+        Ok(_) => assert_eq!(rest, old[64 << 10..], "only the old file's bytes"),
+    }
+    assert_eq!(read_all(&c.fs, "/f").await, new);
+    c.stop().await;
+}
+
+/// A file being written through Strata is never refreshed or dropped by a sync,
+/// even when another program puts a file at its path meanwhile: the writer's
+/// bytes win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_being_written_is_left_to_its_writer() {
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    c.wait_for_workers(1).await;
+    let mut w =
+        c.fs.create(
+            "/w",
+            strata_client::CreateOptions {
+                write_type: Some(strata_client::WriteType::Through),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = w.info().id;
+    let mine = pattern(100_000, 7);
+    w.write(&mine[..50_000]).await.unwrap();
+    std::fs::write(c.underfs().join("w"), b"someone else").unwrap();
+    let fresh = c.fs.with_sync_interval(SyncInterval::Always);
+    assert_eq!(list_names(&fresh, "/").await, ["w"]);
+    let st = fresh.get_status("/w").await.unwrap();
+    assert_eq!((st.id, st.complete), (id, false));
+    w.write(&mine[50_000..]).await.unwrap();
+    w.close().await.unwrap();
+    assert_eq!(read_all(&fresh, "/w").await, mine);
+    assert_eq!(std::fs::read(c.underfs().join("w")).unwrap(), mine);
+    c.stop().await;
+}

@@ -202,6 +202,114 @@ fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_bef
     });
 }
 
+/// A folder of 2,500 objects syncs page by page (S3 answers a thousand keys a
+/// page): every object loads; objects deleted, replaced or turned into folders on
+/// any page are seen by the next listing.
+#[test]
+fn a_folder_over_several_listing_pages_syncs_whole() {
+    runtime_with_aws_environment().block_on(async {
+        use futures::StreamExt;
+        let moto = Moto::start();
+        moto.bucket("lake").await;
+        let s3 = moto.client().await;
+        let names: Vec<String> = (0..2500).map(|i| format!("o{i:04}")).collect();
+        futures::stream::iter(names.iter())
+            .for_each_concurrent(32, |name| {
+                let s3 = &s3;
+                async move { put_object(s3, &format!("wide/{name}"), name.as_bytes()).await }
+            })
+            .await;
+        let c = cluster().await;
+        c.wait_for_workers(1).await;
+        c.fs.mount_with_options("/w", "s3://lake/wide", false, &moto.options())
+            .await
+            .unwrap();
+        assert_eq!(list_names(&c.fs, "/w").await, names);
+
+        let before = c.fs.get_status("/w/o0999").await.unwrap().id;
+        // On the first, second and third pages: deleted, replaced (same length,
+        // new ETag), and turned into a folder.
+        for gone in ["o0010", "o1500", "o2499"] {
+            s3.delete_object()
+                .bucket("lake")
+                .key(format!("wide/{gone}"))
+                .send()
+                .await
+                .unwrap();
+        }
+        for (changed, body) in [("o0999", b"O0999"), ("o2000", b"O2000")] {
+            put_object(&s3, &format!("wide/{changed}"), body).await;
+        }
+        s3.delete_object()
+            .bucket("lake")
+            .key("wide/o1234")
+            .send()
+            .await
+            .unwrap();
+        put_object(&s3, "wide/o1234/inside", b"in").await;
+        let want: Vec<String> = names
+            .iter()
+            .filter(|n| !["o0010", "o1500", "o2499"].contains(&n.as_str()))
+            .cloned()
+            .collect();
+        // A listing sees it all (the listing of `/w` itself compares every page).
+        let listed = c.fs.list("/w").await.unwrap();
+        let got: Vec<String> = listed
+            .iter()
+            .map(|f| f.path.name().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want);
+        let o1234 = listed
+            .iter()
+            .find(|f| f.path.as_str() == "/w/o1234")
+            .unwrap();
+        assert!(o1234.is_dir());
+        let o0999 = listed
+            .iter()
+            .find(|f| f.path.as_str() == "/w/o0999")
+            .unwrap();
+        assert_ne!(o0999.id, before, "refreshed by the listing");
+        assert_eq!(read_all(&c.fs, "/w/o0999").await, b"O0999");
+        assert_eq!(read_all(&c.fs, "/w/o2000").await, b"O2000");
+        assert_eq!(list_names(&c.fs, "/w/o1234").await, ["inside"]);
+        c.stop().await;
+    });
+}
+
+/// With the S3 server gone, cached files stay readable and listable: the sync
+/// with a store that does not answer serves Strata's view (with a log line),
+/// and what was never cached is a clear error.
+#[test]
+fn cached_files_stay_readable_when_the_store_is_down() {
+    runtime_with_aws_environment().block_on(async {
+        let moto = Moto::start();
+        moto.bucket("lake").await;
+        let s3 = moto.client().await;
+        let data = pattern(150_000, 3);
+        put_object(&s3, "down/cached", &data).await;
+        put_object(&s3, "down/cold", b"never read").await;
+        let c = cluster().await;
+        c.wait_for_workers(1).await;
+        c.fs.mount_with_options("/s3", "s3://lake/down", false, &moto.options())
+            .await
+            .unwrap();
+        assert_eq!(list_names(&c.fs, "/s3").await, ["cached", "cold"]);
+        assert_eq!(read_all(&c.fs, "/s3/cached").await, data);
+        drop(moto);
+
+        assert_eq!(
+            c.fs.get_status("/s3/cached").await.unwrap().cached_percent,
+            100
+        );
+        assert_eq!(read_all(&c.fs, "/s3/cached").await, data);
+        assert_eq!(list_names(&c.fs, "/s3").await, ["cached", "cold"]);
+        let mut r = c.fs.open("/s3/cold", OpenOptions::default()).await.unwrap();
+        let mut v = Vec::new();
+        assert!(r.read_to_end(&mut v).await.is_err());
+        c.stop().await;
+    });
+}
+
 #[test]
 fn bad_s3_mounts_are_clear_errors_and_leave_no_mount() {
     runtime_with_aws_environment().block_on(async {

@@ -112,6 +112,17 @@ pub struct UfsListing {
     pub staged: Vec<u64>,
 }
 
+/// One page of a folder's entries (see [`UnderStore::list_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UfsPage {
+    /// This page's entries in name order; staged copies are not among them.
+    pub entries: Vec<UfsStatus>,
+    /// Keys (file ids) of the staged copies this page found.
+    pub staged: Vec<u64>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<String>,
+}
+
 /// A byte stream from an under-store.
 pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -157,6 +168,27 @@ pub trait UnderStore: Send + Sync + fmt::Debug {
         length: u64,
         expect: &UfsFingerprint,
     ) -> Result<UfsReader>;
+    /// One page of the entries of the folder at `path`, from `token` (`None` for
+    /// the first page, then each page's `next`), so that a folder of millions of
+    /// entries is read in bounded memory. The pages together hold what
+    /// [`Self::list`] holds, except that a name that is both a file and a folder
+    /// (possible on S3) may come as a file on one page and as a folder on a later
+    /// one (`list` shows the file). A backend that cannot page answers the whole
+    /// folder as its first page. Errors as [`Self::list`].
+    async fn list_page(&self, path: &UfsPath, token: Option<&str>) -> Result<UfsPage> {
+        if token.is_some() {
+            return Err(Error::invalid_argument(
+                "page token",
+                format!("{} lists a folder in one page", self.uri()),
+            ));
+        }
+        let listing = self.list(path).await?;
+        Ok(UfsPage {
+            entries: listing.entries,
+            staged: listing.staged,
+            next: None,
+        })
+    }
     /// Starts writing the file at `path`, staged under `key` (the file id). The
     /// parent folder must exist (`NotFound` otherwise). A second writer with the
     /// same key is refused.

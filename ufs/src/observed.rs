@@ -3,13 +3,15 @@
 //! time spent, bytes read and written), written once rather than per backend.
 //!
 //! Only calls that can be repeated without changing their outcome are retried:
-//! status, list, opening a range, check, mkdirs, delete, discard and publish (a
+//! status, list (whole or a page), opening a range, check, mkdirs, delete, discard and publish (a
 //! publish retried after it succeeded finds no staged copy, which the master
 //! already treats as "look at the path"). A create, a rename (on S3 a copy then a
 //! delete, which a retry could find half done) and the bytes of a stream are
 //! tried once; the caller decides.
 
-use crate::{UfsFingerprint, UfsListing, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
+use crate::{
+    UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -162,6 +164,11 @@ impl UnderStore for Observed {
 
     async fn list(&self, path: &UfsPath) -> Result<UfsListing> {
         self.run("list", true, || self.inner.list(path)).await
+    }
+
+    async fn list_page(&self, path: &UfsPath, token: Option<&str>) -> Result<UfsPage> {
+        self.run("list_page", true, || self.inner.list_page(path, token))
+            .await
     }
 
     async fn open_range(

@@ -44,7 +44,9 @@
 //! the standard AWS chain (environment, profile, web identity, container and
 //! instance roles), never from the mount itself.
 
-use crate::{UfsFingerprint, UfsListing, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
+use crate::{
+    UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore,
+};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -805,78 +807,104 @@ impl UnderStore for S3Store {
     }
 
     async fn list(&self, path: &UfsPath) -> Result<UfsListing> {
-        let s = &self.inner;
-        let dir = s.dir_prefix(path);
-        let c = s.client().await?;
-        let mut listing = UfsListing::default();
-        let mut files = BTreeMap::new();
-        let mut dirs = std::collections::BTreeSet::new();
+        // By name; a file beats a folder of the same name (it comes first, its
+        // key being the folder's prefix without the slash).
+        let mut entries: BTreeMap<String, UfsStatus> = BTreeMap::new();
+        let mut staged = Vec::new();
         let mut token: Option<String> = None;
-        let mut seen_any = path.is_root();
         loop {
-            let page = c
-                .list_objects_v2()
-                .bucket(&s.bucket)
-                .prefix(&dir)
-                .delimiter("/")
-                .encoding_type(EncodingType::Url)
-                .max_keys(LIST_PAGE)
-                .set_continuation_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| s.error(&dir, e))?;
-            for p in page.common_prefixes() {
-                seen_any = true;
-                let key = decode_key(p.prefix().unwrap_or(""))?;
-                let Some(name) = key.strip_prefix(&dir) else {
-                    continue;
-                };
-                let name = name.trim_end_matches('/');
-                if !looks_staged(name)
-                    && UfsPath::parse(name).is_ok_and(|n| n.components().len() == 1)
-                {
-                    dirs.insert(name.to_string());
-                }
-            }
-            for o in page.contents() {
-                let key = decode_key(o.key().unwrap_or(""))?;
-                let Some(name) = key.strip_prefix(&dir) else {
-                    continue;
-                };
-                if looks_staged(name) {
-                    // Staged copies are not entries, and alone make no folder.
-                    if let Some(k) = staged_key(name) {
-                        listing.staged.push(k);
+            let page = self.list_page(path, token.as_deref()).await?;
+            for st in page.entries {
+                match entries.entry(st.name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        if !st.is_dir {
+                            e.insert(st);
+                        }
                     }
-                    continue;
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(st);
+                    }
                 }
-                seen_any = true;
-                if name.is_empty() {
-                    continue; // the folder's own marker
-                }
-                if !UfsPath::parse(name).is_ok_and(|n| n.components().len() == 1) {
-                    continue; // not a name Strata can hold (".", "..")
-                }
-                files.insert(
-                    name.to_string(),
-                    UfsStatus {
-                        name: name.to_string(),
-                        is_dir: false,
-                        length: o.size().unwrap_or(0).max(0) as u64,
-                        mtime_ms: o
-                            .last_modified()
-                            .and_then(|t| t.to_millis().ok())
-                            .unwrap_or(0),
-                        version: etag(o.e_tag()),
-                    },
-                );
             }
-            match s.next_page(&dir, &page, token.as_deref())? {
+            staged.extend(page.staged);
+            match page.next {
                 Some(t) => token = Some(t),
                 None => break,
             }
         }
-        if !seen_any {
+        staged.sort_unstable();
+        Ok(UfsListing {
+            entries: entries.into_values().collect(),
+            staged,
+        })
+    }
+
+    async fn list_page(&self, path: &UfsPath, token: Option<&str>) -> Result<UfsPage> {
+        let s = &self.inner;
+        let dir = s.dir_prefix(path);
+        let c = s.client().await?;
+        let page = c
+            .list_objects_v2()
+            .bucket(&s.bucket)
+            .prefix(&dir)
+            .delimiter("/")
+            .encoding_type(EncodingType::Url)
+            .max_keys(LIST_PAGE)
+            .set_continuation_token(token.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s.error(&dir, e))?;
+        let mut files = BTreeMap::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut staged = Vec::new();
+        let mut seen_any = path.is_root() || token.is_some();
+        for o in page.contents() {
+            let key = decode_key(o.key().unwrap_or(""))?;
+            let Some(name) = key.strip_prefix(&dir) else {
+                continue;
+            };
+            if looks_staged(name) {
+                // Staged copies are not entries, and alone make no folder.
+                if let Some(k) = staged_key(name) {
+                    staged.push(k);
+                }
+                continue;
+            }
+            seen_any = true;
+            if name.is_empty() {
+                continue; // the folder's own marker
+            }
+            if !UfsPath::parse(name).is_ok_and(|n| n.components().len() == 1) {
+                continue; // not a name Strata can hold (".", "..")
+            }
+            files.insert(
+                name.to_string(),
+                UfsStatus {
+                    name: name.to_string(),
+                    is_dir: false,
+                    length: o.size().unwrap_or(0).max(0) as u64,
+                    mtime_ms: o
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0),
+                    version: etag(o.e_tag()),
+                },
+            );
+        }
+        for p in page.common_prefixes() {
+            seen_any = true;
+            let key = decode_key(p.prefix().unwrap_or(""))?;
+            let Some(name) = key.strip_prefix(&dir) else {
+                continue;
+            };
+            let name = name.trim_end_matches('/');
+            if !looks_staged(name) && UfsPath::parse(name).is_ok_and(|n| n.components().len() == 1)
+            {
+                dirs.insert(name.to_string());
+            }
+        }
+        let next = s.next_page(&dir, &page, token)?;
+        if !seen_any && next.is_none() {
             // Nothing below: a file there, or nothing at all.
             return Err(match s.head(&s.key(path), "").await? {
                 Some(_) => Error::NotADirectory {
@@ -902,9 +930,12 @@ impl UnderStore for S3Store {
                 },
             );
         }
-        listing.entries = files.into_values().collect();
-        listing.staged.sort_unstable();
-        Ok(listing)
+        staged.sort_unstable();
+        Ok(UfsPage {
+            entries: files.into_values().collect(),
+            staged,
+            next,
+        })
     }
 
     async fn open_range(

@@ -459,7 +459,8 @@ impl Namespace {
             // there is nothing to load first (a folder of millions would load it
             // all just to drop it).
             if !recursive {
-                let staged = self.sync_children(path, rec.id).await?;
+                // The path is locked: no refresh of a child, which would lock it.
+                let staged = self.sync_children(path, rec.id, false).await?.staged;
                 self.sweep_staged(path, rec.id, &staged).await; // the path is locked
                 if !self.store.list_children_page(rec.id, None, 1)?.0.is_empty() {
                     return Err(Error::DirectoryNotEmpty {
@@ -666,14 +667,28 @@ impl Namespace {
         }
         self.check_parent(dst, &rd, false)?;
         let (src_hit, dst_hit) = (self.mount_for(src), self.mount_for(dst));
+        let mut ufs_version = None;
         match (&src_hit, &dst_hit) {
             (None, None) => {}
             (Some(a), Some(b)) if a.record.mount_id == b.record.mount_id => {
                 a.writable(src)?;
                 let ufs = self.under_store(&a.record)?;
-                let from = a.ufs_path()?;
+                let (from, to) = (a.ufs_path()?, b.ufs_path()?);
                 if ufs.status(&from).await?.is_some() {
-                    ufs.rename(&from, &b.ufs_path()?).await?;
+                    ufs.rename(&from, &to).await?;
+                    // A copy-based move (S3) may give the file a new version:
+                    // record it, or the next sync would take the moved file for
+                    // one changed outside and drop its cached blocks.
+                    if !rec.is_dir && rec.complete && rec.persisted {
+                        if let Ok(Some(st)) = ufs.status(&to).await {
+                            if !st.is_dir
+                                && st.length == rec.length
+                                && st.version != rec.ufs_version
+                            {
+                                ufs_version = Some(st.version);
+                            }
+                        }
+                    }
                     self.after_under_store().await;
                 }
             }
@@ -693,6 +708,7 @@ impl Namespace {
             src_path: src.to_string(),
             dst_path: dst.to_string(),
             mtime_ms: now_ms(),
+            ufs_version,
         });
         self.propose_deciding(req, RequestKind::Rename, op, ())
             .await?;

@@ -6,7 +6,7 @@
 use super::{Namespace, SYNC_ATTEMPTS};
 use crate::entries::{CreateEntry, InodeRecord, MountRecord, Op};
 use std::sync::Arc;
-use strata_common::ids::{block_count, FileId};
+use strata_common::ids::{block_count, FileId, MAX_BLOCKS_PER_FILE};
 use strata_common::types::{FileInfo, FileKind, UfsLocation};
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::{UfsPath, UfsStatus};
@@ -133,10 +133,12 @@ impl Namespace {
             is_dir: st.is_dir,
             mtime_ms: st.mtime_ms,
             length: st.length,
+            // Large enough that the file fits in the blocks a file may have.
             block_size: if st.is_dir {
                 0
             } else {
                 self.default_block_size
+                    .max(st.length.div_ceil(MAX_BLOCKS_PER_FILE).next_power_of_two())
             },
             complete: !st.is_dir,
             persisted: true,

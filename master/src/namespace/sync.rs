@@ -10,11 +10,21 @@ use super::{
     WALK_PAGE,
 };
 use crate::entries::{DeleteEntry, InodeRecord, LoadChildrenEntry, Op, RefreshFileEntry};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 use strata_common::types::{mount_sync_interval, SyncInterval};
 use strata_common::{Error, Result, StrataPath};
 use strata_ufs::UfsStatus;
+
+/// What [`Namespace::sync_children`] did.
+#[derive(Debug, Default)]
+pub(super) struct ChildrenSync {
+    /// Keys of the copies staged in the folder (see [`Namespace::sweep_staged`]).
+    pub(super) staged: Vec<u64>,
+    /// False when concurrent changes kept interrupting the load.
+    pub(super) complete: bool,
+}
 
 /// What a recorded sync time is for: an inode's own status, or a folder's children.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,8 +100,16 @@ impl Namespace {
             }
             _ => false,
         };
-        // The common case, unlocked: the under-store agrees.
-        if agrees(&rec, &ufs.status(&upath).await?) {
+        // The common case, unlocked: the under-store agrees. One that does not
+        // answer leaves the recorded view served (cached bytes stay readable).
+        let found = match ufs.status(&upath).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%path, "cannot compare with the under-store; serving Strata's view: {e}");
+                return Ok(Some(rec));
+            }
+        };
+        if agrees(&rec, &found) {
             self.mark_synced(rec.id, Synced::Status, started, interval);
             return Ok(Some(rec));
         }
@@ -139,9 +157,9 @@ impl Namespace {
         st: &UfsStatus,
         reason: &str,
     ) -> Result<Option<Arc<InodeRecord>>> {
+        // A file found anew: the block size a load gives it, not the old one's.
         let mut new = self.loaded_record(rec.parent_id, st);
         new.name = rec.name.clone();
-        new.block_size = rec.block_size;
         tracing::info!(%path, old = rec.id, new = new.id, "changed in the under-store ({reason}): refreshed");
         let entry = RefreshFileEntry {
             old_id: rec.id,
@@ -214,135 +232,171 @@ impl Namespace {
             return Ok(());
         }
         let started = Instant::now();
-        let staged = self.sync_children(path, dir.id).await?;
-        self.sweep_listed(path, dir.id, &staged).await?;
-        self.mark_synced(dir.id, Synced::Children, started, interval);
+        let synced = match self.sync_children(path, dir.id, true).await {
+            Ok(s) => s,
+            // The under-store does not answer: the namespace's view is served as
+            // it stands (cached data stays reachable), and the next listing tries
+            // again.
+            Err(e @ Error::UnderStore { .. }) => {
+                tracing::warn!(%path, "cannot list the under-store; serving Strata's view: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.sweep_listed(path, dir.id, &synced.staged).await?;
+        if synced.complete {
+            self.mark_synced(dir.id, Synced::Children, started, interval);
+        }
         Ok(())
     }
 
-    /// Loads the children the under-store has and the namespace lacks, and drops the
-    /// complete, persisted files and the all-persisted folders it no longer has. Returns the keys of the copies
-    /// staged in the folder when it was last listed (see [`Self::sweep_staged`]).
-    pub(super) async fn sync_children(&self, path: &StrataPath, dir_id: u64) -> Result<Vec<u64>> {
+    /// Compares folder `dir_id` at `path` with the under-store's listing, read a
+    /// page at a time: loads the children the under-store has and the namespace
+    /// lacks (in bounded entries that name the folder's version, so a concurrent
+    /// delete is never undone), refreshes the complete, persisted files changed in
+    /// place, and drops the complete, persisted files and all-persisted folders it
+    /// no longer has, or has as the other kind. Memory holds one page, the ids of
+    /// the folder's candidates for dropping and an 8-byte hash per listed name,
+    /// never the whole listing. Returns the keys of the copies staged in the
+    /// folder (see [`Self::sweep_staged`]).
+    ///
+    /// With `refresh` false (the caller holds the folder's lock, which a refresh
+    /// of a child would take again), changed files are left for a later sync.
+    pub(super) async fn sync_children(
+        &self,
+        path: &StrataPath,
+        dir_id: u64,
+        refresh: bool,
+    ) -> Result<ChildrenSync> {
         let Some(hit) = self.mount_for(path) else {
-            return Ok(Vec::new());
+            return Ok(ChildrenSync::default());
         };
         let ufs = self.under_store(&hit.record)?;
+        let upath = hit.ufs_path()?;
         let mut staged = Vec::new();
         for _ in 0..SYNC_ATTEMPTS {
-            // The version is read before listing: apply refuses the load if the
+            // The version is read before listing: apply refuses a load if the
             // directory changed after this point (a delete must not be undone).
             let version = self.inode(dir_id)?.children_version;
             // Files that are complete and persisted, and persisted folders (not
             // mount points), before the listing starts: if the listing lacks one,
             // it was removed or renamed outside Strata, or by a leader that died
             // before its journal entry. (One completed after this point is not a
-            // candidate, however the listing raced it.) Only their ids are kept,
-            // 8 bytes each.
-            let mut persisted_ids: Vec<(u64, bool)> = Vec::new();
+            // candidate, however the listing raced it.) Only their ids and kinds
+            // are kept.
+            let mut candidates: Vec<(u64, bool)> = Vec::new();
             self.each_child_page(dir_id, |page| {
                 for (_, id) in page {
                     if let Some(rec) = self.store.get_inode(*id)? {
                         let file = !rec.is_dir && rec.complete && rec.persisted;
                         let folder = rec.is_dir && rec.persisted && rec.mount_id == 0;
                         if file || folder {
-                            persisted_ids.push((*id, rec.is_dir));
+                            candidates.push((*id, rec.is_dir));
                         }
                     }
                 }
                 Ok(())
             })?;
-            persisted_ids.sort_unstable();
-            let listed = match ufs.list(&hit.ufs_path()?).await {
-                Ok(v) => v,
-                // The directory exists only in Strata (written MUST_CACHE): nothing to load.
-                Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => return Ok(staged),
-                Err(e) => return Err(e),
-            };
-            staged = listed.staged;
-            let mut listed = listed.entries;
-            if !listed.is_sorted_by(|a, b| a.name <= b.name) {
-                listed.sort_by(|a, b| a.name.cmp(&b.name));
-            }
-            // Gone from the under-store: candidates the listing lacks, or lists as
-            // the other kind (a file where a folder was), found by reading the
-            // namespace a page at a time against the sorted listing.
-            let mut gone = Vec::new();
-            self.each_child_page(dir_id, |page| {
-                for (name, id) in page {
-                    let Ok(i) = persisted_ids.binary_search_by_key(id, |(id, _)| *id) else {
-                        continue;
-                    };
-                    let was_dir = persisted_ids[i].1;
-                    match listed.binary_search_by(|st| st.name.as_str().cmp(name)) {
-                        Ok(j) if listed[j].is_dir == was_dir => {}
-                        _ => gone.push((name.clone(), *id)),
-                    }
-                }
-                Ok(())
-            })?;
-            drop(persisted_ids);
-            let mut removed_any = false;
-            let dir = self.inode(dir_id)?;
-            for (name, id) in gone {
-                let Some(rec) = self.store.get_inode(id)? else {
-                    continue; // removed meanwhile
-                };
-                removed_any |= self.drop_gone(&path.join(&name)?, &dir, &rec).await?;
-            }
-            if removed_any {
-                continue; // the directory changed: list again before loading
-            }
-            // Load what the namespace lacks in bounded entries: each names the
-            // version the one before it left, so a change in between (a delete
-            // through Strata) stops the load and the listing starts over.
+            candidates.sort_unstable();
+            staged.clear();
+            let mut listed: HashSet<u64> = HashSet::new();
             let mut expected = version;
             let mut batch = Vec::new();
             let mut interrupted = false;
-            // Complete, persisted files whose copy changed in place: refreshed once
-            // the load is done (a refresh leaves the folder's version alone).
-            let mut changed = Vec::new();
-            for st in &listed {
-                match self.store.get_child(dir_id, &st.name)? {
-                    None => batch.push(self.loaded_record(dir_id, st)),
-                    Some(id) if !st.is_dir => {
-                        if let Some(rec) = self.store.get_inode(id)? {
-                            if !rec.is_dir
-                                && rec.complete
-                                && rec.persisted
-                                && recorded_fingerprint(&rec)
-                                    .mismatch(&st.fingerprint())
-                                    .is_some()
-                            {
-                                changed.push((id, st));
+            let mut token: Option<String> = None;
+            'pages: loop {
+                let page = match ufs.list_page(&upath, token.as_deref()).await {
+                    Ok(p) => p,
+                    // The directory exists only in Strata (written MUST_CACHE):
+                    // nothing to load.
+                    Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {
+                        return Ok(ChildrenSync {
+                            staged,
+                            complete: true,
+                        })
+                    }
+                    Err(e) => return Err(e),
+                };
+                staged.extend(page.staged);
+                for st in &page.entries {
+                    listed.insert(name_key(&st.name, st.is_dir));
+                    match self.store.get_child(dir_id, &st.name)? {
+                        None => batch.push(self.loaded_record(dir_id, st)),
+                        Some(id) if !st.is_dir => {
+                            if let Some(rec) = self.store.get_inode(id)? {
+                                if refresh && refreshable(&rec, st) {
+                                    self.refresh_listed(path, dir_id, id, st).await?;
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                    if batch.len() == LOAD_BATCH {
+                        // Each load names the version the one before left, so a
+                        // change in between (a delete through Strata) stops the
+                        // load and the listing starts over.
+                        match self.load_batch(path, dir_id, expected, &mut batch).await? {
+                            Some(v) => expected = v,
+                            None => {
+                                interrupted = true;
+                                break 'pages;
                             }
                         }
                     }
-                    Some(_) => {}
                 }
-                if batch.len() == LOAD_BATCH {
-                    match self.load_batch(path, dir_id, expected, &mut batch).await? {
-                        Some(v) => expected = v,
-                        None => {
-                            interrupted = true;
-                            break;
-                        }
-                    }
+                match page.next {
+                    Some(t) => token = Some(t),
+                    None => break,
                 }
             }
-            if !interrupted
-                && self
+            if interrupted
+                || self
                     .load_batch(path, dir_id, expected, &mut batch)
                     .await?
-                    .is_some()
+                    .is_none()
             {
-                for (id, st) in changed {
-                    self.refresh_listed(path, dir_id, id, st).await?;
-                }
-                return Ok(staged);
+                continue;
             }
+            // Gone from the under-store: candidates whose name and kind the
+            // listing lacks, found by reading the namespace a page at a time.
+            let mut gone = Vec::new();
+            self.each_child_page(dir_id, |page| {
+                for (name, id) in page {
+                    let Ok(i) = candidates.binary_search_by_key(id, |(id, _)| *id) else {
+                        continue;
+                    };
+                    let was_dir = candidates[i].1;
+                    if !listed.contains(&name_key(name, was_dir)) {
+                        let other_kind = listed.contains(&name_key(name, !was_dir));
+                        gone.push((name.clone(), *id, other_kind));
+                    }
+                }
+                Ok(())
+            })?;
+            drop((candidates, listed));
+            let dir = self.inode(dir_id)?;
+            let mut replaced = false;
+            for (name, id, other_kind) in gone {
+                let Some(rec) = self.store.get_inode(id)? else {
+                    continue; // removed meanwhile
+                };
+                let dropped = self.drop_gone(&path.join(&name)?, &dir, &rec).await?;
+                replaced |= dropped && other_kind;
+            }
+            if !replaced {
+                return Ok(ChildrenSync {
+                    staged,
+                    complete: true,
+                });
+            }
+            // A name now of the other kind: list again to load what is there.
         }
-        Ok(staged)
+        // Changes kept interrupting: what was loaded stays, and the next listing
+        // compares again.
+        Ok(ChildrenSync {
+            staged,
+            complete: false,
+        })
     }
 
     /// Refreshes file `id`, listed in folder `dir_id` at `path` with status `st`
@@ -353,18 +407,30 @@ impl Namespace {
         path: &StrataPath,
         dir_id: u64,
         id: u64,
-        st: &UfsStatus,
+        listed: &UfsStatus,
     ) -> Result<()> {
-        let child = path.join(&st.name)?;
+        let child = path.join(&listed.name)?;
         let _guard = self.locks.lock(&[&child]).await;
-        if self.store.get_child(dir_id, &st.name)? != Some(id) {
+        if self.store.get_child(dir_id, &listed.name)? != Some(id) {
             return Ok(()); // changed through Strata meanwhile
         }
         let Some(rec) = self.store.get_inode(id)? else {
             return Ok(());
         };
-        if let Some(reason) = recorded_fingerprint(&rec).mismatch(&st.fingerprint()) {
-            self.refresh(&child, &rec, st, &reason).await?;
+        // The listing may predate a write through Strata that completed since:
+        // the copy is looked at again now that no mutation of it can be under way.
+        let Some(hit) = self.mount_for(&child) else {
+            return Ok(());
+        };
+        let ufs = self.under_store(&hit.record)?;
+        let Some(st) = ufs.status(&hit.ufs_path()?).await? else {
+            return Ok(()); // gone: the listing's end drops it
+        };
+        if refreshable(&rec, &st) {
+            let reason = recorded_fingerprint(&rec)
+                .mismatch(&st.fingerprint())
+                .unwrap_or_default();
+            self.refresh(&child, &rec, &st, &reason).await?;
         }
         Ok(())
     }
@@ -485,4 +551,28 @@ impl Namespace {
             .await?;
         Ok(applied.children_version)
     }
+}
+
+/// Whether file `rec` is one whose record the under-store's copy `st` replaces:
+/// complete and persisted (the under-store holds its bytes), and described
+/// otherwise than recorded.
+fn refreshable(rec: &InodeRecord, st: &UfsStatus) -> bool {
+    !rec.is_dir
+        && !st.is_dir
+        && rec.complete
+        && rec.persisted
+        && rec.mount_id == 0
+        && recorded_fingerprint(rec)
+            .mismatch(&st.fingerprint())
+            .is_some()
+}
+
+/// A listed name and kind as 8 bytes. Two that collide make a gone entry look
+/// listed: it is kept until a later sync, never dropped by mistake.
+fn name_key(name: &str, is_dir: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    is_dir.hash(&mut h);
+    h.finish()
 }

@@ -425,6 +425,14 @@ impl<'a> Tx<'a> {
         if self.inode(new.id)?.is_some() {
             return Err(id_in_use(&e.path, new.id));
         }
+        if new.block_size == 0
+            || block_count(new.length, new.block_size) > strata_common::ids::MAX_BLOCKS_PER_FILE
+        {
+            return Err(Error::invalid_argument(
+                "length",
+                format!("{}: too many blocks", e.path),
+            ));
+        }
         self.existing_dir(new.parent_id, &e.path)?;
         // The folder keeps its names, so its version stays: a load of children
         // listed before this entry still fits.
@@ -672,6 +680,11 @@ impl<'a> Tx<'a> {
         })?;
         rec.parent_id = e.dst_parent;
         rec.name = e.dst_name.clone();
+        if let Some(v) = &e.ufs_version {
+            if !rec.is_dir && rec.persisted {
+                rec.ufs_version = v.clone();
+            }
+        }
         self.delete_edge(e.src_parent, &e.src_name)?;
         self.put_edge(e.dst_parent, &e.dst_name, e.id)?;
         self.put_inode(rec)?;
