@@ -18,6 +18,10 @@
 //!   to serving (vs reading its data files once); and in a group of 3, the time a
 //!   wiped, formatted member takes to catch up through a snapshot (vs copying the
 //!   leader's data folder).
+//! - `s3`: in front of a real S3-compatible server (`moto_server`): a cold read of
+//!   an object through Strata vs a direct GET, warm vs cold, and a listing of a
+//!   prefix of `--objects` objects vs a direct listing, with the memory it takes
+//!   (see `s3.rs`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -29,6 +33,8 @@ use strata_master::journal::Journal;
 use strata_tests::group::{create_entry, Group};
 use strata_tests::{pattern, ClusterOptions, MiniCluster};
 use tokio::io::AsyncReadExt;
+
+mod s3;
 
 /// Strata benchmarks.
 #[derive(Debug, Parser)]
@@ -48,9 +54,15 @@ struct Args {
     /// Creates per client count in the journal benchmark.
     #[arg(long, default_value_t = 4000)]
     journal_ops: usize,
-    /// Which benchmarks: read, meta, journal, group, scale, or all.
+    /// Which benchmarks: read, meta, journal, group, scale, s3, or all.
     #[arg(long, default_value = "all")]
     only: String,
+    /// Size of the object the s3 benchmark reads.
+    #[arg(long, default_value = "256MiB")]
+    s3_size: ByteSize,
+    /// Objects in the prefix the s3 benchmark lists.
+    #[arg(long, default_value_t = 100_000)]
+    objects: usize,
     /// Files in the namespace of the scale benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     files: u64,
@@ -567,9 +579,20 @@ async fn bench_group(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.only == "all" || args.only == "s3" {
+        // Before the runtime's threads exist, so none reads the environment
+        // while it changes.
+        s3::aws_environment();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     strata_common::telemetry::init_logging("warn");
     if args.only == "all" || args.only == "read" {
         bench_read(&args).await?;
@@ -585,6 +608,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only == "all" || args.only == "scale" {
         bench_scale(&args).await?;
+    }
+    if args.only == "all" || args.only == "s3" {
+        s3::bench_s3(args.s3_size.0, args.objects, args.rounds).await?;
     }
     Ok(())
 }

@@ -187,7 +187,8 @@ impl Namespace {
         self.next_inode.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Between a mutation's under-store side effect and its journal entry.
+    /// Between a mutation's under-store side effect and its journal entry, and
+    /// between a sync's listing of a page and what it does with it.
     async fn after_under_store(&self) {
         if let Some(p) = &self.pause_after_under_store {
             p.pass().await;

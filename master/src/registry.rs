@@ -21,8 +21,11 @@ pub struct WorkerState {
     pub last_seen: Instant,
     /// Blocks it holds.
     pub blocks: HashSet<BlockId>,
-    /// Blocks it must drop, sent with the next heartbeat answer.
-    pub to_remove: Vec<BlockId>,
+    /// Blocks it must drop, sent with the next heartbeat answer. A block it
+    /// commits again meanwhile (read again after a `free`) leaves the set: the
+    /// removal would drop the fresh copy. (A heartbeat's list of blocks added
+    /// does not: it may predate the removal.)
+    pub to_remove: HashSet<BlockId>,
 }
 
 /// What became of a block commit.
@@ -202,10 +205,10 @@ impl Registry {
             if is_valid(b, len) {
                 inner.link(b, len, id);
             } else {
-                to_remove.push(b);
+                to_remove.insert(b);
             }
         }
-        Some(to_remove)
+        Some(to_remove.into_iter().collect())
     }
 
     /// Records that `worker` now holds `block` of `length` bytes. Validity is
@@ -226,6 +229,12 @@ impl Registry {
             return CommitOutcome::DeadBlock;
         }
         inner.link(block, length, worker);
+        // Committed now, so held now: a removal queued before (by a `free`)
+        // would drop this copy. A block id names the same bytes for as long as
+        // its file lives, and a dead file's blocks are refused above.
+        if let Some(w) = inner.workers.get_mut(&worker) {
+            w.to_remove.remove(&block);
+        }
         CommitOutcome::Recorded
     }
 
@@ -245,7 +254,7 @@ impl Registry {
             inner.unlink(b, w);
             if let Some(state) = inner.workers.get_mut(&w) {
                 state.blocks.remove(&b);
-                state.to_remove.push(b);
+                state.to_remove.insert(b);
             }
         }
     }
@@ -292,7 +301,7 @@ impl Registry {
             for (w, _) in workers {
                 if let Some(state) = inner.workers.get_mut(&w) {
                     state.blocks.remove(&block);
-                    state.to_remove.push(block);
+                    state.to_remove.insert(block);
                     n += 1;
                 }
             }
@@ -437,10 +446,38 @@ mod length_tests {
         assert!(r.locations(b1).is_empty());
         let mut told = r.heartbeat(w, 0, &[], &[], |_, _| true).unwrap();
         told.sort();
+        // Refused at registration, committed again (with a length that fits
+        // then), refused at completion: the worker holds one copy, told once.
+        assert_eq!(told, vec![b1]);
+    }
+
+    #[test]
+    fn a_block_committed_again_after_a_free_is_not_removed() {
+        let r = Registry::default();
+        let b = BlockId::new(FileId(7), 0).unwrap();
+        let w = r.register(
+            Registration {
+                host: "h".into(),
+                rpc_address: "a:1".into(),
+                capacity_bytes: 1000,
+                used_bytes: 0,
+                blocks: vec![(b, 10)],
+            },
+            |_, _| true,
+        );
+        // Freed: the worker is to drop it at its next heartbeat...
+        assert_eq!(r.drop_files(&[FileId(7)]), 1);
+        assert!(r.locations(b).is_empty());
+        // ...but it commits the block again first (read again, after evicting it).
+        assert_eq!(r.commit(w, b, 10, |_, _| true), CommitOutcome::Recorded);
+        assert_eq!(r.heartbeat(w, 0, &[], &[], |_, _| true).unwrap(), vec![]);
+        assert_eq!(r.locations(b).len(), 1);
+        // A heartbeat's report of blocks added is not a commit: it may predate a
+        // free, which still takes effect.
+        assert_eq!(r.drop_files(&[FileId(7)]), 1);
         assert_eq!(
-            told,
-            vec![b1, b1],
-            "refused at registration, then at completion"
+            r.heartbeat(w, 0, &[(b, 10)], &[], |_, _| true).unwrap(),
+            vec![b]
         );
     }
 }

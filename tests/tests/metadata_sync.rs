@@ -159,6 +159,10 @@ async fn never_lists_a_folder_once_and_keeps_that_view() {
     let fresh = c.fs.with_sync_interval(SyncInterval::Always);
     assert_eq!(list_names(&fresh, "/frozen").await, ["a", "c"]);
     assert_eq!(c.fs.get_status("/frozen/a").await.unwrap().length, 7);
+    // A folder listed from the store by any request counts as listed for `-1`.
+    std::fs::write(dir.join("d"), b"d").unwrap();
+    let never = c.fs.with_sync_interval(SyncInterval::Never);
+    assert_eq!(list_names(&never, "/frozen").await, ["a", "c"]);
     c.stop().await;
 }
 
@@ -397,5 +401,48 @@ async fn a_file_being_written_is_left_to_its_writer() {
     w.close().await.unwrap();
     assert_eq!(read_all(&fresh, "/w").await, mine);
     assert_eq!(std::fs::read(c.underfs().join("w")).unwrap(), mine);
+    c.stop().await;
+}
+
+/// A listing that read the under-store before a write through Strata replaced a
+/// file (deleted, then created again `CACHE_THROUGH`) does not take the listed,
+/// older copy for a change outside: the file keeps its writer's id and bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_older_than_a_write_does_not_refresh_the_written_file() {
+    let (c, pause) = strata_tests::paused_cluster().await;
+    c.wait_for_workers(1).await;
+    let ufs = c.underfs();
+    std::fs::create_dir(ufs.join("d")).unwrap();
+    std::fs::write(ufs.join("d/f"), b"from outside").unwrap();
+    assert_eq!(list_names(&c.fs, "/d").await, ["f"]);
+
+    pause.arm();
+    let fresh = c.fs.with_sync_interval(SyncInterval::Always);
+    let listing = tokio::spawn(async move { fresh.list("/d").await });
+    tokio::time::timeout(Duration::from_secs(10), pause.reached())
+        .await
+        .expect("the listing read a page");
+    // Meanwhile, through Strata: /d/f replaced by a new file.
+    c.fs.delete("/d/f", false).await.unwrap();
+    let mine = pattern(5_000, 9);
+    let mut w =
+        c.fs.create(
+            "/d/f",
+            strata_client::CreateOptions {
+                write_type: Some(strata_client::WriteType::CacheThrough),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.write(&mine).await.unwrap();
+    let written = w.close().await.unwrap();
+    pause.release();
+    let listed = listing.await.unwrap().unwrap();
+    assert_eq!(listed.len(), 1);
+    let now = c.fs.get_status("/d/f").await.unwrap();
+    assert_eq!(now.id, written.id, "the written file keeps its id");
+    assert_eq!(now.length, 5_000);
+    assert_eq!(read_all(&c.fs, "/d/f").await, mine);
     c.stop().await;
 }

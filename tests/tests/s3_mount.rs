@@ -202,8 +202,8 @@ fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_bef
     });
 }
 
-/// A folder of 2,500 objects syncs page by page (S3 answers a thousand keys a
-/// page): every object loads; objects deleted, replaced or turned into folders on
+/// A folder of 4,500 objects syncs page by page (S3 answers a thousand keys a
+/// page; more than one load entry holds): every object loads; objects deleted, replaced or turned into folders on
 /// any page are seen by the next listing.
 #[test]
 fn a_folder_over_several_listing_pages_syncs_whole() {
@@ -212,7 +212,8 @@ fn a_folder_over_several_listing_pages_syncs_whole() {
         let moto = Moto::start();
         moto.bucket("lake").await;
         let s3 = moto.client().await;
-        let names: Vec<String> = (0..2500).map(|i| format!("o{i:04}")).collect();
+        // More than one load entry's worth (4,096), over five pages.
+        let names: Vec<String> = (0..4500).map(|i| format!("o{i:04}")).collect();
         futures::stream::iter(names.iter())
             .for_each_concurrent(32, |name| {
                 let s3 = &s3;
@@ -229,7 +230,7 @@ fn a_folder_over_several_listing_pages_syncs_whole() {
         let before = c.fs.get_status("/w/o0999").await.unwrap().id;
         // On the first, second and third pages: deleted, replaced (same length,
         // new ETag), and turned into a folder.
-        for gone in ["o0010", "o1500", "o2499"] {
+        for gone in ["o0010", "o1500", "o4499"] {
             s3.delete_object()
                 .bucket("lake")
                 .key(format!("wide/{gone}"))
@@ -249,7 +250,7 @@ fn a_folder_over_several_listing_pages_syncs_whole() {
         put_object(&s3, "wide/o1234/inside", b"in").await;
         let want: Vec<String> = names
             .iter()
-            .filter(|n| !["o0010", "o1500", "o2499"].contains(&n.as_str()))
+            .filter(|n| !["o0010", "o1500", "o4499"].contains(&n.as_str()))
             .cloned()
             .collect();
         // A listing sees it all (the listing of `/w` itself compares every page).
@@ -295,6 +296,12 @@ fn cached_files_stay_readable_when_the_store_is_down() {
             .unwrap();
         assert_eq!(list_names(&c.fs, "/s3").await, ["cached", "cold"]);
         assert_eq!(read_all(&c.fs, "/s3/cached").await, data);
+        // The worker keeps the block once the read's stream has ended.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while c.fs.get_status("/s3/cached").await.unwrap().cached_percent < 100 {
+            assert!(std::time::Instant::now() < deadline, "never cached");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         drop(moto);
 
         assert_eq!(
@@ -306,6 +313,62 @@ fn cached_files_stay_readable_when_the_store_is_down() {
         let mut r = c.fs.open("/s3/cold", OpenOptions::default()).await.unwrap();
         let mut v = Vec::new();
         assert!(r.read_to_end(&mut v).await.is_err());
+        c.stop().await;
+    });
+}
+
+/// A file deleted while its writer still streams to S3 (`THROUGH` and
+/// `CACHE_THROUGH`) stays deleted: the writer's close fails, and the bucket keeps
+/// no copy of it, staged or published.
+#[test]
+fn a_file_deleted_during_its_s3_write_leaves_nothing_in_the_bucket() {
+    runtime_with_aws_environment().block_on(async {
+        let moto = Moto::start();
+        moto.bucket("lake").await;
+        let s3 = moto.client().await;
+        put_object(&s3, "w/keep", b"k").await;
+        let c = cluster().await;
+        c.wait_for_workers(1).await;
+        c.fs.mount_with_options("/s3", "s3://lake/w", false, &moto.options())
+            .await
+            .unwrap();
+        for wt in [WriteType::Through, WriteType::CacheThrough] {
+            let path = format!("/s3/del-{wt}");
+            let mut w =
+                c.fs.create(
+                    &path,
+                    CreateOptions {
+                        write_type: Some(wt),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            // Below one part (16 MiB): the staged copy is one object.
+            w.write(&pattern(3 << 20, 4)).await.unwrap();
+            c.fs.delete(&path, false).await.unwrap();
+            w.write(&pattern(1 << 20, 5)).await.unwrap();
+            assert!(w.close().await.is_err(), "{wt}: close of a deleted file");
+            assert!(!c.fs.exists(&path).await.unwrap(), "{wt}");
+        }
+        let keys: Vec<String> = s3
+            .list_objects_v2()
+            .bucket("lake")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        assert_eq!(keys, ["w/keep"]);
+        let uploads = s3
+            .list_multipart_uploads()
+            .bucket("lake")
+            .send()
+            .await
+            .unwrap();
+        assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
         c.stop().await;
     });
 }

@@ -538,3 +538,29 @@ async fn writes_racing_folder_changes() {
         assert!(s.list(&p("gone")).await.is_err(), "{n}");
     }
 }
+
+/// Each backend's capabilities say what it does: a folder that exists only
+/// because of a file in it (made by another program) outlives the file only where
+/// folders are real; S3 reports non-atomic renames and no appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_describe_each_backend() {
+    for b in backends().await {
+        let s = b.store.as_ref();
+        let caps = s.capabilities();
+        let n = b.name;
+        b.put("implied/f", b"f").await;
+        s.delete(&p("implied/f"), false).await.unwrap();
+        let folder = s.status(&p("implied")).await.unwrap();
+        assert_eq!(
+            folder.is_some_and(|st| st.is_dir),
+            caps.real_directories,
+            "{n}: {caps:?}"
+        );
+        assert!(caps.ranged_reads, "{n}");
+        let (atomic, append) = match n {
+            "local" => (true, true),
+            _ => (false, false),
+        };
+        assert_eq!((caps.atomic_rename, caps.append), (atomic, append), "{n}");
+    }
+}

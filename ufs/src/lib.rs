@@ -123,6 +123,24 @@ pub struct UfsPage {
     pub next: Option<String>,
 }
 
+/// What a backend can do, so that callers choose how to use it (and say what to
+/// expect) without knowing which backend it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A rename (of a file or a whole folder) happens at once or not at all. On a
+    /// backend without it, a folder rename copies and deletes one entry at a time
+    /// (a failure midway leaves both names partly filled), and a moved file may
+    /// get a new version.
+    pub atomic_rename: bool,
+    /// Folders exist by themselves (an empty folder is a folder), rather than as
+    /// key prefixes with optional markers.
+    pub real_directories: bool,
+    /// A range of a file can be read without reading what comes before it.
+    pub ranged_reads: bool,
+    /// An existing file can be appended to in place.
+    pub append: bool,
+}
+
 /// A byte stream from an under-store.
 pub type UfsReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -148,6 +166,8 @@ pub trait UfsWriter: Send {
 pub trait UnderStore: Send + Sync + fmt::Debug {
     /// The URI this store was opened from.
     fn uri(&self) -> &str;
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
     /// Checks that the store can be used (the folder or bucket is there, the
     /// credentials are accepted), with an error that says what is wrong. A mount
     /// is refused when this fails.

@@ -20,7 +20,9 @@
 //! Linux only (`openat2` appeared in 5.6); a kernel without it is refused with a
 //! clear error rather than served through a racy fallback.
 
-use crate::{UfsFingerprint, UfsListing, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore};
+use crate::{
+    Capabilities, UfsFingerprint, UfsListing, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ffi::{CStr, CString};
@@ -393,6 +395,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl UnderStore for LocalStore {
     fn uri(&self) -> &str {
         &self.uri
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_rename: true,
+            real_directories: true,
+            ranged_reads: true,
+            append: true,
+        }
     }
 
     async fn check(&self) -> Result<()> {

@@ -10,7 +10,8 @@
 //! tried once; the caller decides.
 
 use crate::{
-    UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore,
+    Capabilities, UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter,
+    UnderStore,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -154,6 +155,10 @@ impl UnderStore for Observed {
         self.inner.uri()
     }
 
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
     async fn check(&self) -> Result<()> {
         self.run("check", true, || self.inner.check()).await
     }
@@ -288,6 +293,15 @@ mod tests {
     impl UnderStore for Flaky {
         fn uri(&self) -> &str {
             "flaky://x"
+        }
+
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                atomic_rename: true,
+                real_directories: true,
+                ranged_reads: true,
+                append: false,
+            }
         }
         async fn check(&self) -> Result<()> {
             Ok(())

@@ -45,7 +45,8 @@
 //! instance roles), never from the mount itself.
 
 use crate::{
-    UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter, UnderStore,
+    Capabilities, UfsFingerprint, UfsListing, UfsPage, UfsPath, UfsReader, UfsStatus, UfsWriter,
+    UnderStore,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -755,6 +756,15 @@ fn encode_key(key: &str) -> String {
 impl UnderStore for S3Store {
     fn uri(&self) -> &str {
         &self.inner.uri
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_rename: false,
+            real_directories: false,
+            ranged_reads: true,
+            append: false,
+        }
     }
 
     async fn check(&self) -> Result<()> {

@@ -674,12 +674,23 @@ impl Namespace {
                 a.writable(src)?;
                 let ufs = self.under_store(&a.record)?;
                 let (from, to) = (a.ufs_path()?, b.ufs_path()?);
-                if ufs.status(&from).await?.is_some() {
+                if let Some(before) = ufs.status(&from).await? {
                     ufs.rename(&from, &to).await?;
                     // A copy-based move (S3) may give the file a new version:
                     // record it, or the next sync would take the moved file for
-                    // one changed outside and drop its cached blocks.
-                    if !rec.is_dir && rec.complete && rec.persisted {
+                    // one changed outside and drop its cached blocks. Only when
+                    // the copy moved was the recorded one: a copy another
+                    // program put there is left for the next sync to see.
+                    let moved_recorded = !before.is_dir
+                        && super::recorded_fingerprint(&rec)
+                            .mismatch(&before.fingerprint())
+                            .is_none();
+                    if !ufs.capabilities().atomic_rename
+                        && moved_recorded
+                        && !rec.is_dir
+                        && rec.complete
+                        && rec.persisted
+                    {
                         if let Ok(Some(st)) = ufs.status(&to).await {
                             if !st.is_dir
                                 && st.length == rec.length

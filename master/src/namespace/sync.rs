@@ -57,9 +57,13 @@ impl Namespace {
         }
     }
 
-    /// Records that `what` of inode `id` matched the under-store as of `at`.
+    /// Records that `what` of inode `id` matched the under-store as of `at`. A
+    /// folder's listing is recorded whatever interval asked (a later request
+    /// with `-1` must not list it again); a file's status only when asked with an
+    /// interval, so that lookups at `0` (the default) do not crowd the bounded
+    /// record with times nobody reads.
     fn mark_synced(&self, id: u64, what: Synced, at: Instant, interval: SyncInterval) {
-        if interval != SyncInterval::Always {
+        if what == Synced::Children || interval != SyncInterval::Always {
             self.synced.insert((id, what), at);
         }
     }
@@ -304,22 +308,43 @@ impl Namespace {
             let mut batch = Vec::new();
             let mut interrupted = false;
             let mut token: Option<String> = None;
-            'pages: loop {
+            loop {
                 let page = match ufs.list_page(&upath, token.as_deref()).await {
                     Ok(p) => p,
                     // The directory exists only in Strata (written MUST_CACHE):
                     // nothing to load.
-                    Err(Error::NotFound { .. } | Error::NotADirectory { .. }) => {
+                    Err(Error::NotFound { .. } | Error::NotADirectory { .. })
+                        if token.is_none() =>
+                    {
                         return Ok(ChildrenSync {
                             staged,
                             complete: true,
                         })
                     }
+                    // Gone between two pages: nothing can be concluded.
+                    Err(e @ (Error::NotFound { .. } | Error::NotADirectory { .. })) => {
+                        return Err(Error::UnderStore {
+                            path: path.to_string(),
+                            reason: format!("the folder went away while being listed: {e}"),
+                            temporary: true,
+                        })
+                    }
                     Err(e) => return Err(e),
                 };
+                // Tests hold a sync here, between its look at the under-store and
+                // what it does with it.
+                self.after_under_store().await;
                 staged.extend(page.staged);
                 for st in &page.entries {
+                    // A name both a file and a folder (S3): the file, listed first
+                    // (its key sorts before the folder's), is what the name is.
+                    if st.is_dir && listed.contains(&name_key(&st.name, false)) {
+                        continue;
+                    }
                     listed.insert(name_key(&st.name, st.is_dir));
+                    if interrupted {
+                        continue; // listing on only to see what is gone
+                    }
                     match self.store.get_child(dir_id, &st.name)? {
                         None => batch.push(self.loaded_record(dir_id, st)),
                         Some(id) if !st.is_dir => {
@@ -338,8 +363,11 @@ impl Namespace {
                         match self.load_batch(path, dir_id, expected, &mut batch).await? {
                             Some(v) => expected = v,
                             None => {
+                                // The folder changed: stop loading (the next
+                                // attempt lists again), but finish the listing
+                                // so that what is gone still goes.
                                 interrupted = true;
-                                break 'pages;
+                                batch.clear();
                             }
                         }
                     }
@@ -349,13 +377,13 @@ impl Namespace {
                     None => break,
                 }
             }
-            if interrupted
-                || self
+            if !interrupted
+                && self
                     .load_batch(path, dir_id, expected, &mut batch)
                     .await?
                     .is_none()
             {
-                continue;
+                interrupted = true;
             }
             // Gone from the under-store: candidates whose name and kind the
             // listing lacks, found by reading the namespace a page at a time.
@@ -383,13 +411,14 @@ impl Namespace {
                 let dropped = self.drop_gone(&path.join(&name)?, &dir, &rec).await?;
                 replaced |= dropped && other_kind;
             }
-            if !replaced {
+            if !replaced && !interrupted {
                 return Ok(ChildrenSync {
                     staged,
                     complete: true,
                 });
             }
-            // A name now of the other kind: list again to load what is there.
+            // Interrupted, or a name now of the other kind: list again to load
+            // what is there.
         }
         // Changes kept interrupting: what was loaded stays, and the next listing
         // compares again.
