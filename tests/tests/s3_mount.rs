@@ -203,8 +203,9 @@ fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_bef
 }
 
 /// A folder of 4,500 objects syncs page by page (S3 answers a thousand keys a
-/// page; more than one load entry holds): every object loads; objects deleted, replaced or turned into folders on
-/// any page are seen by the next listing.
+/// page, and more than one load entry is needed): every object loads; objects
+/// deleted, replaced or turned into folders on any page are seen by the next
+/// listing.
 #[test]
 fn a_folder_over_several_listing_pages_syncs_whole() {
     runtime_with_aws_environment().block_on(async {
