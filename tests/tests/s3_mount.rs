@@ -38,16 +38,25 @@ async fn read_all(fs: &strata_client::FileSystem, path: &str) -> Vec<u8> {
     v
 }
 
+/// A cluster with its worker registered.
 async fn cluster() -> MiniCluster {
-    MiniCluster::start(ClusterOptions::default()).await
+    let c = MiniCluster::start(ClusterOptions::default()).await;
+    c.wait_for_workers(1).await;
+    c
+}
+
+/// A running server with an empty bucket `lake`, and a plain client of it.
+async fn lake() -> (Moto, aws_sdk_s3::Client) {
+    let moto = Moto::start();
+    moto.bucket("lake").await;
+    let s3 = moto.client().await;
+    (moto, s3)
 }
 
 #[test]
 fn a_bucket_filled_by_another_program_is_mounted_read_and_cached() {
     runtime_with_aws_environment().block_on(async {
-        let moto = Moto::start();
-        moto.bucket("lake").await;
-        let s3 = moto.client().await;
+        let (moto, s3) = lake().await;
         let big = pattern(300_000, 7);
         for (key, body) in [
             ("data/a.bin", big.clone()),
@@ -63,7 +72,6 @@ fn a_bucket_filled_by_another_program_is_mounted_read_and_cached() {
                 .unwrap();
         }
         let c = cluster().await;
-        c.wait_for_workers(1).await;
         c.fs.mount_with_options("/s3", "s3://lake/data", false, &moto.options())
             .await
             .unwrap();
@@ -151,15 +159,12 @@ async fn put_object(s3: &aws_sdk_s3::Client, key: &str, body: &[u8]) {
 #[test]
 fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_before() {
     runtime_with_aws_environment().block_on(async {
-        let moto = Moto::start();
-        moto.bucket("lake").await;
-        let s3 = moto.client().await;
+        let (moto, s3) = lake().await;
         let (old, new) = (pattern(100_000, 1), pattern(100_000, 2));
         for key in ["slow/obj", "quick/obj", "quick/gone"] {
             put_object(&s3, key, &old).await;
         }
         let c = cluster().await;
-        c.wait_for_workers(1).await;
         for (path, prefix, every) in [("/slow", "slow", "1h"), ("/quick", "quick", "500ms")] {
             let mut options = moto.options();
             options.insert("sync_interval".into(), every.into());
@@ -210,9 +215,7 @@ fn an_object_replaced_behind_strata_is_read_fresh_after_the_interval_and_not_bef
 fn a_folder_over_several_listing_pages_syncs_whole() {
     runtime_with_aws_environment().block_on(async {
         use futures::StreamExt;
-        let moto = Moto::start();
-        moto.bucket("lake").await;
-        let s3 = moto.client().await;
+        let (moto, s3) = lake().await;
         // More than one load entry's worth (4,096), over five pages.
         let names: Vec<String> = (0..4500).map(|i| format!("o{i:04}")).collect();
         futures::stream::iter(names.iter())
@@ -222,7 +225,6 @@ fn a_folder_over_several_listing_pages_syncs_whole() {
             })
             .await;
         let c = cluster().await;
-        c.wait_for_workers(1).await;
         c.fs.mount_with_options("/w", "s3://lake/wide", false, &moto.options())
             .await
             .unwrap();
@@ -284,14 +286,11 @@ fn a_folder_over_several_listing_pages_syncs_whole() {
 #[test]
 fn cached_files_stay_readable_when_the_store_is_down() {
     runtime_with_aws_environment().block_on(async {
-        let moto = Moto::start();
-        moto.bucket("lake").await;
-        let s3 = moto.client().await;
+        let (moto, s3) = lake().await;
         let data = pattern(150_000, 3);
         put_object(&s3, "down/cached", &data).await;
         put_object(&s3, "down/cold", b"never read").await;
         let c = cluster().await;
-        c.wait_for_workers(1).await;
         c.fs.mount_with_options("/s3", "s3://lake/down", false, &moto.options())
             .await
             .unwrap();
@@ -324,12 +323,9 @@ fn cached_files_stay_readable_when_the_store_is_down() {
 #[test]
 fn a_file_deleted_during_its_s3_write_leaves_nothing_in_the_bucket() {
     runtime_with_aws_environment().block_on(async {
-        let moto = Moto::start();
-        moto.bucket("lake").await;
-        let s3 = moto.client().await;
+        let (moto, s3) = lake().await;
         put_object(&s3, "w/keep", b"k").await;
         let c = cluster().await;
-        c.wait_for_workers(1).await;
         c.fs.mount_with_options("/s3", "s3://lake/w", false, &moto.options())
             .await
             .unwrap();
